@@ -1,0 +1,54 @@
+"""Every Redis key and stream name busstop uses, with how long each lives."""
+
+from __future__ import annotations
+
+from shared.messages import TrafficClass
+
+PREFIX = "busstop"
+
+# Request streams: one per (model, traffic class), read by the consumer group of that model's workers.
+WORKER_GROUP = "workers"
+
+
+def request_stream(model: str, traffic_class: TrafficClass | str) -> str:
+    return f"{PREFIX}:requests:{model}:{TrafficClass(traffic_class).value}"
+
+
+# Reply streams: one per request, written by the worker that holds it, read by the gateway.
+# Kept REPLY_TTL_S from creation (refreshed by every write) so abandoned ones disappear, and
+# shortened to REPLY_DONE_TTL_S once the final event is written.
+REPLY_TTL_S = 3600
+REPLY_DONE_TTL_S = 120
+
+
+def reply_stream(req_id: str) -> str:
+    return f"{PREFIX}:replies:{req_id}"
+
+
+# Control stream: one per worker; the gateway sends CancelRequest messages there. Trimmed to
+# CONTROL_MAXLEN entries, expires CONTROL_TTL_S after the last write.
+CONTROL_MAXLEN = 1000
+CONTROL_TTL_S = 3600
+
+
+def control_stream(worker_id: str) -> str:
+    return f"{PREFIX}:control:{worker_id}"
+
+
+# Heartbeats: a WorkerHeartbeat JSON under a key that lives HEARTBEAT_TTL_S; workers refresh it
+# every HEARTBEAT_INTERVAL_S. A worker whose key is gone is dead.
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TTL_S = 10
+
+
+def worker_key(model: str, worker_id: str) -> str:
+    return f"{PREFIX}:workers:{model}:{worker_id}"
+
+
+def worker_pattern(model: str = "*") -> str:
+    return f"{PREFIX}:workers:{model}:*"
+
+
+# A pending request message idle this long belongs to a dead worker: live workers refresh the idle
+# time of the messages they hold on every heartbeat, and reclaim (XAUTOCLAIM) anything older.
+RECLAIM_MIN_IDLE_MS = int(3 * HEARTBEAT_TTL_S * 1000)
