@@ -52,3 +52,44 @@ def worker_pattern(model: str = "*") -> str:
 # A pending request message idle this long belongs to a dead worker: live workers refresh the idle
 # time of the messages they hold on every heartbeat, and reclaim (XAUTOCLAIM) anything older.
 RECLAIM_MIN_IDLE_MS = int(3 * HEARTBEAT_TTL_S * 1000)
+
+
+# Rate limits (gateway/ratelimit): per API key, a request bucket and a token bucket (hashes that
+# expire once they would be full again) and a sorted set of in-flight req_ids scored by lease expiry.
+RATELIMIT_LEASE_S = 900
+
+
+def ratelimit_key(key_id: str, kind: str) -> str:
+    """``kind`` is ``requests``, ``tokens`` or ``inflight``."""
+    return f"{PREFIX}:ratelimit:{key_id}:{kind}"
+
+
+# Files API (gateway/batch): metadata hash per file; the bytes live in the gateway's storage dir.
+# Kept until deleted.
+def file_key(file_id: str) -> str:
+    return f"{PREFIX}:files:{file_id}"
+
+
+# Batch API (gateway/batch): one hash per batch (status, counts, the object's JSON), a per-tenant index
+# (sorted by creation time), the set of batches a runner must drive, one lease per batch held by the
+# gateway replica driving it, and per-line state (submitted req_ids, results, errors), deleted when the
+# batch is finalized. Batches themselves are kept until BATCH_TTL_S after they end.
+BATCH_TTL_S = 30 * 24 * 3600
+BATCHES_ACTIVE = f"{PREFIX}:batches:active"
+
+
+def batch_key(batch_id: str) -> str:
+    return f"{PREFIX}:batches:{batch_id}"
+
+
+def batches_index(tenant: str) -> str:
+    return f"{PREFIX}:batches:index:{tenant}"
+
+
+def batch_lease(batch_id: str) -> str:
+    return f"{PREFIX}:batches:{batch_id}:lease"
+
+
+def batch_lines(batch_id: str, kind: str) -> str:
+    """``kind`` is ``submitted`` (line -> req_id), ``results`` or ``errors`` (line -> output JSON line)."""
+    return f"{PREFIX}:batches:{batch_id}:{kind}"
