@@ -108,21 +108,25 @@ class RateLimiter:
         self._lease_ms = lease_s * 1000
 
     async def acquire(self, key_id: str, limits: RateLimits, num_tokens: int, req_id: str) -> RateLimitState:
-        """Reserve one request and ``num_tokens`` tokens, and a concurrency slot; or refuse, reserving nothing."""
+        """Reserve a request, ``num_tokens`` tokens and a concurrency slot; or refuse, reserving nothing."""
         return await self._run(key_id, limits, num_tokens, req_id, peek=False)
 
     async def peek(self, key_id: str, limits: RateLimits) -> RateLimitState:
         """The key's current levels, for the headers of responses that do not consume the limits."""
         return await self._run(key_id, limits, 0, "", peek=True)
 
-    async def release(self, key_id: str, limits: RateLimits, req_id: str, num_reserved: int, num_used: int) -> None:
+    async def release(
+        self, key_id: str, limits: RateLimits, req_id: str, num_reserved: int, num_used: int
+    ) -> None:
         """End an admitted request: free its slot and settle its tokens with what it really used."""
         await self._release(
             keys=[keys.ratelimit_key(key_id, "tokens"), keys.ratelimit_key(key_id, "inflight")],
             args=[limits.tokens_per_minute or 0, num_reserved, num_used, req_id],
         )
 
-    async def _run(self, key_id: str, limits: RateLimits, num_tokens: int, req_id: str, peek: bool) -> RateLimitState:
+    async def _run(
+        self, key_id: str, limits: RateLimits, num_tokens: int, req_id: str, peek: bool
+    ) -> RateLimitState:
         result = await self._admit(
             keys=[
                 keys.ratelimit_key(key_id, "requests"),
