@@ -1,0 +1,28 @@
+"""The `busstop` command: one subcommand per developer task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="busstop")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    from worker.planner import cli as plan_cli
+
+    plan = commands.add_parser("plan", help="does a model fit a GPU: weights, KV cache, TP degree")
+    plan_cli.add_arguments(plan)
+    plan.set_defaults(run=plan_cli.run)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ValueError as e:
+        print(f"busstop {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
