@@ -1,0 +1,78 @@
+"""One pipelined write per step: events in order, TTLs, acks only after the final event; resume reads it back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.messages import DATA_FIELD, ErrorInfo, ReplyEvent, ReplyKind, TrafficClass
+from worker.service import intake
+from worker.service.replies import HeldMessage, ReplyBatch
+from worker.service.resume import read_resume_state
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    await intake.ensure_groups(client, "m")
+    yield client
+    await client.aclose()
+
+
+async def held_message(redis: Redis) -> HeldMessage:
+    await redis.xadd(keys.request_stream("m", TrafficClass.INTERACTIVE), {DATA_FIELD: "{}"})
+    (msg,) = await intake.read_new(redis, "m", "w", count=1, block_ms=None)
+    return msg.message
+
+
+async def events(redis: Redis, req_id: str) -> list[ReplyEvent]:
+    entries = await redis.xrange(keys.reply_stream(req_id))
+    return [ReplyEvent.model_validate_json(fields[DATA_FIELD]) for _, fields in entries]
+
+
+async def test_batch_writes_events_in_order_and_acks_finished_requests(redis: Redis) -> None:
+    message = await held_message(redis)
+    batch = ReplyBatch()
+    batch.add("a", ReplyEvent(seq=0, kind=ReplyKind.ACCEPTED, worker_id="w"))
+    batch.add("b", ReplyEvent(seq=5, kind=ReplyKind.DELTA, text="x", token_ids=[7]))
+    batch.add("a", ReplyEvent(seq=1, kind=ReplyKind.DELTA, text="hi", token_ids=[1, 2]))
+    batch.add("a", ReplyEvent(seq=2, kind=ReplyKind.DONE, finish_reason="length"))
+    batch.finish("a", message)
+    await batch.write(redis)
+
+    assert [(e.seq, e.kind, e.text) for e in await events(redis, "a")] == [
+        (0, ReplyKind.ACCEPTED, ""),
+        (1, ReplyKind.DELTA, "hi"),
+        (2, ReplyKind.DONE, ""),
+    ]
+    assert 0 < await redis.ttl(keys.reply_stream("a")) <= keys.REPLY_DONE_TTL_S
+    assert keys.REPLY_DONE_TTL_S < await redis.ttl(keys.reply_stream("b")) <= keys.REPLY_TTL_S
+    assert (await redis.xpending(message.stream, keys.WORKER_GROUP))["pending"] == 0
+
+
+async def test_an_empty_batch_writes_nothing(redis: Redis) -> None:
+    await ReplyBatch().write(redis)
+    assert await redis.dbsize() == 3  # the three request streams
+
+
+async def test_resume_state_continues_after_the_last_event(redis: Redis) -> None:
+    batch = ReplyBatch()
+    batch.add("r", ReplyEvent(seq=0, kind=ReplyKind.ACCEPTED, worker_id="dead"))
+    batch.add("r", ReplyEvent(seq=1, kind=ReplyKind.DELTA, text="a", token_ids=[10, 11]))
+    batch.add("r", ReplyEvent(seq=2, kind=ReplyKind.DELTA, text="b", token_ids=[12]))
+    await batch.write(redis)
+
+    state = await read_resume_state(redis, "r")
+    assert (state.next_seq, state.output_token_ids, state.is_finished, state.was_accepted) == (3, [10, 11, 12], False, True)
+
+
+async def test_resume_state_of_a_finished_or_unknown_request(redis: Redis) -> None:
+    batch = ReplyBatch()
+    batch.add("f", ReplyEvent(seq=0, kind=ReplyKind.ERROR, error=ErrorInfo(status=400, message="no")))
+    await batch.write(redis)
+    assert (await read_resume_state(redis, "f")).is_finished
+    fresh = await read_resume_state(redis, "nobody")
+    assert (fresh.next_seq, fresh.output_token_ids, fresh.is_finished) == (0, [], False)

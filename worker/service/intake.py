@@ -1,0 +1,109 @@
+"""Reading request messages from the model's request streams as a member of the worker group.
+
+Interactive first, then priority, then batch, and never more than the caller says it can admit.
+Also the two halves of reclaim: keeping our own held messages fresh, and taking over messages a
+dead worker left pending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from shared import keys
+from shared.messages import DATA_FIELD, TrafficClass
+from worker.service.replies import HeldMessage
+
+CLASS_ORDER = (TrafficClass.INTERACTIVE, TrafficClass.PRIORITY, TrafficClass.BATCH)
+
+
+@dataclass(frozen=True)
+class IntakeMessage:
+    message: HeldMessage
+    data: str | None  # the GenerateRequest JSON; None if the entry has no data field
+    is_reclaimed: bool = False
+
+
+def request_streams(model: str) -> list[str]:
+    return [keys.request_stream(model, tc) for tc in CLASS_ORDER]
+
+
+async def ensure_groups(redis: Redis, model: str) -> None:
+    """Create the worker group on each request stream (and the stream) if missing."""
+    for stream in request_streams(model):
+        try:
+            await redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+def _messages(
+    stream: str, entries: list[tuple[str, dict[str, str] | None]], reclaimed: bool
+) -> list[IntakeMessage]:
+    return [
+        IntakeMessage(HeldMessage(stream, msg_id), (fields or {}).get(DATA_FIELD), reclaimed)
+        for msg_id, fields in entries
+    ]
+
+
+async def read_new(
+    redis: Redis, model: str, consumer: str, count: int, block_ms: int | None
+) -> list[IntakeMessage]:
+    """Up to ``count`` new messages, higher classes first.
+
+    Without ``block_ms`` every stream is polled in class order. With it, and nothing waiting, one
+    blocking read covers all streams; it returns at most one message per stream, so it may return
+    up to ``len(CLASS_ORDER)`` messages even when ``count`` is smaller (the engine queues the extra).
+    """
+    taken: list[IntakeMessage] = []
+    for stream in request_streams(model):
+        if len(taken) >= count:
+            return taken
+        reply = await redis.xreadgroup(keys.WORKER_GROUP, consumer, {stream: ">"}, count=count - len(taken))
+        for name, entries in reply or []:
+            taken.extend(_messages(name, entries, reclaimed=False))
+    if taken or block_ms is None:
+        return taken
+    reply = await redis.xreadgroup(
+        keys.WORKER_GROUP, consumer, {s: ">" for s in request_streams(model)}, count=1, block=block_ms
+    )
+    for name, entries in reply or []:
+        taken.extend(_messages(name, entries, reclaimed=False))
+    return taken
+
+
+async def reclaim(
+    redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int
+) -> list[IntakeMessage]:
+    """Take over up to ``count`` messages idle longer than ``min_idle_ms`` (their worker is gone)."""
+    taken: list[IntakeMessage] = []
+    for stream in request_streams(model):
+        if len(taken) >= count:
+            break
+        reply = await redis.xautoclaim(
+            stream,
+            keys.WORKER_GROUP,
+            consumer,
+            min_idle_time=min_idle_ms,
+            start_id="0-0",
+            count=count - len(taken),
+        )
+        # [next_start_id, claimed entries, deleted ids]; deleted ones leave the pending list by themselves.
+        taken.extend(_messages(stream, [e for e in reply[1] if e is not None], reclaimed=True))
+    return taken
+
+
+async def refresh(redis: Redis, consumer: str, messages: list[HeldMessage]) -> None:
+    """Reset the idle time of messages we still work on, so no live worker reclaims them."""
+    by_stream: dict[str, list[str]] = {}
+    for m in messages:
+        by_stream.setdefault(m.stream, []).append(m.msg_id)
+    if not by_stream:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for stream, ids in by_stream.items():
+        pipe.xclaim(stream, keys.WORKER_GROUP, consumer, min_idle_time=0, message_ids=ids, justid=True)
+    await pipe.execute()
