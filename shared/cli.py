@@ -10,7 +10,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="busstop")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    from shared import stack
     from worker.planner import cli as plan_cli
+
+    up = commands.add_parser("up", help="start Redis, a worker and the gateway on this machine")
+    stack.add_arguments(up)
+    up.set_defaults(run=stack.run)
 
     plan = commands.add_parser("plan", help="does a model fit a GPU: weights, KV cache, TP degree")
     plan_cli.add_arguments(plan)
