@@ -37,6 +37,9 @@ class WorkerSettings(BaseSettings):
     # Upper bound on messages taken in one read, whatever the engine's capacity says.
     max_intake_batch: int = 32
     intake_block_ms: int = 1000
+    metrics_port: int = 0  # Prometheus /metrics on this port; 0 = off
+    log_level: str = "INFO"
+    log_json: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:

@@ -1,0 +1,298 @@
+"""The worker service: Redis I/O on an asyncio loop around an engine stepping in its own thread.
+
+Tasks on the loop: intake (new and reclaimed requests, tokenized in a thread pool), replies (one
+pipelined write per engine report), control (cancellations), heartbeat (load + refreshing held
+messages). The engine thread only ever sees add/abort commands and token ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared import keys
+from shared.messages import (
+    DATA_FIELD,
+    CancelRequest,
+    ErrorInfo,
+    ReplyEvent,
+    ReplyKind,
+    Usage,
+    WorkerHeartbeat,
+)
+from shared.telemetry.worker_metrics import WorkerMetrics
+from worker.service import intake
+from worker.service.engine_loop import AbortCommand, AddCommand, EngineLoop, EngineReport
+from worker.service.prepare import PreparedRequest, RequestError, parse_request, prepare_request, req_id_of
+from worker.service.replies import ReplyBatch
+from worker.service.resume import ResumeState, read_resume_state
+from worker.service.settings import WorkerSettings
+from worker.service.tracker import RequestTracker, error_event
+from worker.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class WorkerService:
+    """Serves one model: ``run()`` until ``stop()``, then drains within the grace period."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        redis: Redis,
+        model_name: str,
+        engine: Any,
+        tokenizer: Tokenizer,
+        max_model_len: int,
+        vocab_size: int,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = settings.worker_id
+        self.model_name = model_name
+        self._redis = redis
+        self._tokenizer = tokenizer
+        self._max_model_len = max_model_len
+        self._vocab_size = vocab_size
+        self._metrics = metrics
+        self._tracker = RequestTracker(self.worker_id, tokenizer)
+        self._reports: asyncio.Queue[EngineReport | None] = asyncio.Queue()  # None: no more reports
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._engine_loop = EngineLoop(engine, self._deliver)
+        self._next_reclaim = 0.0
+        self._num_submitted = 0  # handed to the engine thread, not yet admitted or rejected
+        self._capacity_changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
+        self.failed: str | None = None
+
+    @property
+    def is_stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self, force: bool = False) -> None:
+        """Stop taking work; ``force`` also ends the grace period now."""
+        self._stopping.set()
+        if force:
+            self._forced.set()
+
+    def _deliver(self, report: EngineReport) -> None:  # engine thread
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._reports.put_nowait, report)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await intake.ensure_groups(self._redis, self.model_name)
+        await self._heartbeat_once()
+        self._engine_loop.start()
+        replies = asyncio.create_task(self._reply_loop(), name="replies")
+        background = [
+            asyncio.create_task(self._control_loop(), name="control"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        ]
+        log.info("worker %s serving %s", self.worker_id, self.model_name)
+        try:
+            await self._intake_loop()
+            await self._drain()
+        finally:
+            await asyncio.to_thread(self._engine_loop.stop, 10.0)
+            self._reports.put_nowait(None)
+            await asyncio.gather(replies, return_exceptions=True)  # the last events reach Redis
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._redis.delete(keys.worker_key(self.model_name, self.worker_id))
+        log.info("worker %s stopped", self.worker_id)
+
+    # --- intake -------------------------------------------------------------------------------------
+
+    def _num_admissible(self) -> int:
+        load = self._engine_loop.load
+        if load.num_waiting > 0:
+            return 0  # the engine already has a queue: leave new work to other workers
+        # Each request needs at least one page; the engine queues those that do not fit at once.
+        free = min(load.num_free_seqs, load.num_free_pages) - self._num_submitted
+        return max(0, min(free, self.settings.max_intake_batch))
+
+    async def _intake_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._intake_once()
+            except (RedisConnectionError, TimeoutError) as exc:
+                log.warning("intake: Redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def _intake_once(self) -> None:
+        count = self._num_admissible()
+        if count == 0:
+            self._capacity_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._capacity_changed.wait(), self.settings.heartbeat_interval_s)
+            return
+        messages: list[intake.IntakeMessage] = []
+        if time.monotonic() >= self._next_reclaim:
+            self._next_reclaim = time.monotonic() + self.settings.heartbeat_interval_s
+            messages = await intake.reclaim(
+                self._redis, self.model_name, self.worker_id, count, self.settings.reclaim_min_idle_ms
+            )
+        if not messages:
+            block_ms = min(self.settings.intake_block_ms, int(self.settings.heartbeat_interval_s * 1000))
+            messages = await intake.read_new(self._redis, self.model_name, self.worker_id, count, block_ms)
+        if messages:
+            await self._take(messages)
+
+    async def _take(self, messages: list[intake.IntakeMessage]) -> None:
+        prepared = await asyncio.gather(*(self._prepare(m) for m in messages))
+        for message, item in zip(messages, prepared, strict=True):
+            if item is None:
+                continue
+            request, resume = item
+            self._tracker.start(request, message.message, resume)
+            self._num_submitted += 1
+            self._engine_loop.submit(AddCommand(request, tuple(resume.output_token_ids)))
+
+    async def _prepare(self, msg: intake.IntakeMessage) -> tuple[PreparedRequest, ResumeState] | None:
+        """Parse, resume and tokenize one message; answers and acks it itself when it cannot run."""
+        batch = ReplyBatch()
+        req_id = req_id_of(msg.data)
+        resume = ResumeState()
+        try:
+            req = parse_request(msg.data)
+            if msg.is_reclaimed:
+                resume = await read_resume_state(self._redis, req.req_id)
+                if resume.is_finished:  # its worker died between the final event and the ack
+                    batch.finish(req.req_id, msg.message)
+                    return None
+                log.info("resuming %s after %d tokens", req.req_id, len(resume.output_token_ids))
+            prepared = await asyncio.to_thread(
+                prepare_request, req, self._tokenizer, self._max_model_len, self._vocab_size
+            )
+            if len(resume.output_token_ids) >= prepared.params.max_tokens:  # died just before DONE
+                usage = Usage(
+                    prompt_tokens=len(prepared.prompt_token_ids),
+                    completion_tokens=len(resume.output_token_ids),
+                )
+                batch.add(
+                    req.req_id,
+                    ReplyEvent(seq=resume.next_seq, kind=ReplyKind.DONE, finish_reason="length", usage=usage),
+                )
+                batch.finish(req.req_id, msg.message)
+                return None
+            return prepared, resume
+        except RequestError as exc:
+            log.warning("rejected request %s: %s", req_id, exc.error.message)
+            if req_id is not None:
+                batch.add(req_id, error_event(resume.next_seq, exc.error))
+            batch.finish(req_id, msg.message)
+            return None
+        finally:
+            await self._write(batch)
+
+    # --- replies ------------------------------------------------------------------------------------
+
+    async def _reply_loop(self) -> None:
+        is_last = False
+        while not is_last:
+            reports = [await self._reports.get()]
+            while not self._reports.empty():  # fallen behind: catch up in one write
+                reports.append(self._reports.get_nowait())
+            batch = ReplyBatch()
+            for report in reports:
+                if report is None:
+                    is_last = True
+                    continue
+                self._num_submitted -= len(report.admitted) + len(report.rejected)
+                if report.fatal is not None:
+                    self.failed = report.fatal
+                    self._tracker.fail_all(
+                        batch,
+                        ErrorInfo(status=500, message="the worker's engine failed", type="server_error"),
+                    )
+                    self.stop(force=True)
+                    continue
+                if self._metrics is not None and report.stats is not None:
+                    self._metrics.observe_step(report.stats)
+                for req_id in self._tracker.apply(report, batch):
+                    self._engine_loop.submit(AbortCommand(req_id))
+            await self._write(batch)
+            self._capacity_changed.set()
+
+    async def _write(self, batch: ReplyBatch, attempts: int = 5) -> None:
+        for attempt in range(attempts):
+            try:
+                await batch.write(self._redis)
+                return
+            except (RedisConnectionError, TimeoutError) as exc:
+                log.warning("reply write failed (%s), attempt %d/%d", exc, attempt + 1, attempts)
+                await asyncio.sleep(0.2 * 2**attempt)
+        log.error("dropped %d reply events; their requests will be reclaimed", len(batch.events))
+
+    # --- control ------------------------------------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        stream = keys.control_stream(self.worker_id)
+        last_id = "$"
+        while True:
+            try:
+                reply = await self._redis.xread({stream: last_id}, count=100, block=1000)
+            except (RedisConnectionError, TimeoutError) as exc:
+                log.warning("control: Redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for _name, entries in reply or []:
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    try:
+                        cancel = CancelRequest.model_validate_json(fields.get(DATA_FIELD, ""))
+                    except ValidationError:
+                        log.warning("ignoring bad control message %s", entry_id)
+                        continue
+                    if self._tracker.cancel(cancel.req_id):
+                        self._engine_loop.submit(AbortCommand(cancel.req_id))
+
+    # --- heartbeat and shutdown ---------------------------------------------------------------------
+
+    async def _heartbeat_once(self) -> None:
+        load = self._engine_loop.load
+        beat = WorkerHeartbeat(
+            worker_id=self.worker_id,
+            model=self.model_name,
+            max_model_len=self._max_model_len,
+            num_running=load.num_running,
+            num_waiting=load.num_waiting,
+            num_free_pages=load.num_free_pages,
+            num_total_pages=load.num_total_pages,
+            time=time.time(),
+        )
+        key = keys.worker_key(self.model_name, self.worker_id)
+        await self._redis.set(key, beat.model_dump_json(), ex=self.settings.heartbeat_ttl_s)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self._heartbeat_once()
+                await intake.refresh(self._redis, self.worker_id, self._tracker.held_messages())
+            except (RedisConnectionError, TimeoutError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _drain(self) -> None:
+        """Let running requests finish within the grace period; leave the rest pending for others."""
+        deadline = time.monotonic() + self.settings.grace_period_s
+        while self._tracker.active and time.monotonic() < deadline and not self._forced.is_set():
+            self._capacity_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._capacity_changed.wait(), max(0.0, deadline - time.monotonic()))
+        left = list(self._tracker.active)
+        for req_id in left:
+            self._engine_loop.submit(AbortCommand(req_id))
+        self._tracker.active.clear()
+        if left:
+            log.info("left %d unfinished requests for other workers", len(left))

@@ -1,0 +1,142 @@
+"""The requests a worker holds, and how each engine report becomes reply events.
+
+Lives on the I/O side: it owns every request's detokenizer and reply sequence number, so the
+engine thread only ever sees token ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.messages import ErrorInfo, ReplyEvent, ReplyKind, TokenLogprob, TopLogprob, Usage
+from worker.service.engine_loop import EngineReport
+from worker.service.prepare import PreparedRequest
+from worker.service.replies import HeldMessage, ReplyBatch
+from worker.service.resume import ResumeState
+from worker.tokenizer import IncrementalDetokenizer, Tokenizer
+
+
+@dataclass
+class ActiveRequest:
+    """A request handed to the engine whose reply is not complete yet."""
+
+    req_id: str
+    message: HeldMessage
+    num_prompt_tokens: int
+    detokenizer: IncrementalDetokenizer
+    next_seq: int
+    num_output_tokens: int
+    wants_logprobs: bool
+    is_cancelled: bool = False
+
+    def event(self, kind: ReplyKind, **fields: Any) -> ReplyEvent:
+        event = ReplyEvent(seq=self.next_seq, kind=kind, **fields)
+        self.next_seq += 1
+        return event
+
+
+def error_event(seq: int, error: ErrorInfo) -> ReplyEvent:
+    return ReplyEvent(seq=seq, kind=ReplyKind.ERROR, error=error)
+
+
+class RequestTracker:
+    def __init__(self, worker_id: str, tokenizer: Tokenizer) -> None:
+        self.worker_id = worker_id
+        self._tokenizer = tokenizer
+        self.active: dict[str, ActiveRequest] = {}
+
+    def held_messages(self) -> list[HeldMessage]:
+        return [req.message for req in self.active.values()]
+
+    def start(self, prepared: PreparedRequest, message: HeldMessage, resume: ResumeState) -> ActiveRequest:
+        """Track a request about to be handed to the engine; a resumed one continues ``resume``."""
+        detokenizer = IncrementalDetokenizer(self._tokenizer, prepared.prompt_token_ids, list(prepared.stop))
+        if resume.output_token_ids:
+            detokenizer.push(resume.output_token_ids)  # that text is already with the client
+        req = ActiveRequest(
+            req_id=prepared.req_id,
+            message=message,
+            num_prompt_tokens=len(prepared.prompt_token_ids),
+            detokenizer=detokenizer,
+            next_seq=resume.next_seq,
+            num_output_tokens=len(resume.output_token_ids),
+            wants_logprobs=prepared.params.logprobs is not None,
+        )
+        self.active[req.req_id] = req
+        return req
+
+    def cancel(self, req_id: str) -> bool:
+        """Mark ``req_id`` cancelled; True if the engine holds it and must abort it."""
+        req = self.active.get(req_id)
+        if req is None or req.is_cancelled:
+            return False
+        req.is_cancelled = True
+        return True
+
+    def apply(self, report: EngineReport, batch: ReplyBatch) -> list[str]:
+        """Add the events of ``report`` to ``batch``; returns req_ids the engine must abort (stop strings)."""
+        to_abort: list[str] = []
+        for req_id in report.admitted:
+            req = self.active.get(req_id)
+            if req is not None:
+                usage = Usage(prompt_tokens=req.num_prompt_tokens)
+                batch.add(req_id, req.event(ReplyKind.ACCEPTED, worker_id=self.worker_id, usage=usage))
+        for req_id, why in report.rejected:
+            req = self.active.pop(req_id, None)
+            if req is not None:
+                batch.add(req_id, error_event(req.next_seq, ErrorInfo(status=400, message=why)))
+                batch.finish(req_id, req.message)
+        for out in report.outputs:
+            req = self.active.get(out.req_id)
+            if req is None:
+                continue  # finished by a stop string or cancelled earlier; this is the engine's late word
+            if self._apply_output(req, out, batch) and out.finish_reason is None:
+                to_abort.append(req.req_id)
+        return to_abort
+
+    def fail_all(self, batch: ReplyBatch, error: ErrorInfo) -> None:
+        for req in self.active.values():
+            batch.add(req.req_id, error_event(req.next_seq, error))
+            batch.finish(req.req_id, req.message)
+        self.active.clear()
+
+    def _apply_output(self, req: ActiveRequest, out: Any, batch: ReplyBatch) -> bool:
+        """Add ``out``'s events; True if the request is finished here."""
+        token_ids = list(out.new_token_ids)
+        finish_reason = out.finish_reason
+        if req.is_cancelled:
+            finish_reason = "abort"
+        text = req.detokenizer.push(token_ids) if token_ids and not req.is_cancelled else ""
+        if req.detokenizer.finished_by_stop:
+            finish_reason = "stop"
+        elif finish_reason in ("stop", "length"):
+            text += req.detokenizer.flush()  # held back for a stop string that never came
+        req.num_output_tokens += len(token_ids)
+        if token_ids or text:
+            logprobs = self._logprobs(out.logprobs) if req.wants_logprobs and out.logprobs else None
+            batch.add(
+                req.req_id, req.event(ReplyKind.DELTA, text=text, token_ids=token_ids, logprobs=logprobs)
+            )
+        if finish_reason is None:
+            return False
+        usage = Usage(
+            prompt_tokens=req.num_prompt_tokens,
+            completion_tokens=req.num_output_tokens,
+            cached_tokens=out.num_cached_tokens,
+        )
+        batch.add(req.req_id, req.event(ReplyKind.DONE, finish_reason=finish_reason, usage=usage))
+        batch.finish(req.req_id, req.message)
+        del self.active[req.req_id]
+        return True
+
+    def _logprobs(self, entries: list[Any]) -> list[TokenLogprob]:
+        decode = self._tokenizer.decode
+        return [
+            TokenLogprob(
+                token=decode([entry.token_id]),
+                logprob=entry.logprob,
+                top=[TopLogprob(token=decode([tid]), logprob=lp) for tid, lp in entry.top],
+            )
+            for entry in entries
+        ]
