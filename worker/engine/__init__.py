@@ -1,0 +1,1 @@
+"""Continuous batching over a paged KV cache: scheduler -> model runner -> sampler, once per step."""

@@ -1,0 +1,97 @@
+"""Paged attention in plain PyTorch, on any device, from the same metadata FlashInfer reads.
+
+Decodes (one query each) are batched: their pages are gathered into a padded [num_decodes, max_kv]
+view and run through one scaled_dot_product_attention call with a length mask. Each prefill chunk
+gathers its own pages and uses a bottom-right-aligned causal mask (query j of a chunk of q_len
+attends to KV positions <= kv_len - q_len + j), which is FlashInfer's causal semantics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from worker.engine.attention.metadata import AttentionMetadata
+
+
+@dataclass(frozen=True)
+class _PrefillPlan:
+    q_start: int
+    q_end: int
+    page_ids: torch.Tensor  # [num_pages], int64
+    kv_len: int
+    mask: torch.Tensor | None  # [q_len, kv_len] bool, True = attend; None = plain causal (q_len == kv_len)
+
+
+class TorchAttentionBackend:
+    def __init__(self) -> None:
+        self._metadata: AttentionMetadata | None = None
+        self._decode_page_table: torch.Tensor | None = None  # [num_decodes, max_pages], int64
+        self._decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_pages * page_size], bool
+        self._prefills: list[_PrefillPlan] = []
+
+    def plan(self, metadata: AttentionMetadata) -> None:
+        """Derive the gather indices and masks once per step; every layer reuses them."""
+        self._metadata = metadata
+        device = metadata.kv_indices.device
+        ps = metadata.page_size
+        num_pages = [-(-kv // ps) for kv in metadata.kv_lens]
+        kv_starts = [0]
+        for n in num_pages:
+            kv_starts.append(kv_starts[-1] + n)
+        indices = metadata.kv_indices.long()
+        nd = metadata.num_decode_seqs
+        self._decode_page_table = self._decode_mask = None
+        if nd:
+            max_pages = max(num_pages[:nd])
+            cols = torch.arange(max_pages, device=device)
+            starts = torch.tensor(kv_starts[:nd], device=device)
+            counts = torch.tensor(num_pages[:nd], device=device)
+            gather = (starts[:, None] + cols[None, :]).clamp(max=max(indices.numel() - 1, 0))
+            self._decode_page_table = torch.where(cols[None, :] < counts[:, None], indices[gather], 0)
+            kv_lens = torch.tensor(metadata.kv_lens[:nd], device=device)
+            slots = torch.arange(max_pages * ps, device=device)
+            self._decode_mask = (slots[None, :] < kv_lens[:, None])[:, None, None, :]
+        self._prefills = []
+        q_start = nd
+        for i in range(nd, metadata.num_seqs):
+            q_len, kv_len = metadata.q_lens[i], metadata.kv_lens[i]
+            mask = None
+            if q_len != kv_len:
+                rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+                mask = torch.arange(kv_len, device=device)[None, :] <= rows
+            page_ids = indices[kv_starts[i]:kv_starts[i + 1]]
+            self._prefills.append(_PrefillPlan(q_start, q_start + q_len, page_ids, kv_len, mask))
+            q_start += q_len
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor) -> torch.Tensor:
+        """q [num_tokens, num_heads, head_dim]; k, v [num_tokens, num_kv_heads, head_dim];
+        k_cache, v_cache [num_pages, page_size, num_kv_heads, head_dim]
+        -> [num_tokens, num_heads, head_dim]."""
+        md = self._metadata
+        if md is None:
+            raise RuntimeError("plan() must run before forward()")
+        num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, md.slot_mapping, k)
+        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, md.slot_mapping, v)
+        out = torch.empty_like(q)
+        nd = md.num_decode_seqs
+        if self._decode_page_table is not None:
+            table = self._decode_page_table
+            kd = k_cache[table].flatten(1, 2).transpose(1, 2)  # [nd, num_kv_heads, max_kv, head_dim]
+            vd = v_cache[table].flatten(1, 2).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q[:nd].unsqueeze(2), kd, vd, attn_mask=self._decode_mask,
+                                               enable_gqa=True)  # [nd, num_heads, 1, head_dim]
+            out[:nd] = o.squeeze(2)
+        for p in self._prefills:
+            # [num_kv_heads, kv_len, head_dim]
+            kp = k_cache[p.page_ids].flatten(0, 1)[: p.kv_len].transpose(0, 1)
+            vp = v_cache[p.page_ids].flatten(0, 1)[: p.kv_len].transpose(0, 1)
+            qp = q[p.q_start:p.q_end].transpose(0, 1)  # [num_heads, q_len, head_dim]
+            o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask, is_causal=p.mask is None,
+                                               enable_gqa=True)
+            out[p.q_start:p.q_end] = o.transpose(0, 1)
+        return out

@@ -1,0 +1,44 @@
+"""What the engine hands back: per-step request outputs, capacity and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class TokenLogprobs(NamedTuple):
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # the n most likely tokens at this position, most likely first
+
+
+@dataclass
+class RequestOutput:
+    req_id: str
+    new_token_ids: list[int]  # a stop token that finished the request is the last one here
+    finish_reason: str | None  # "stop" | "length" | "abort" | None
+    logprobs: list[TokenLogprobs] | None  # one per new token when the request asked for logprobs
+    num_prompt_tokens: int
+    num_cached_tokens: int
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """How much more the engine can admit now (pages already promised to waiting prompts excluded)."""
+
+    num_free_seqs: int
+    num_free_pages: int
+    page_size: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_free_pages: int
+    num_total_pages: int
+    num_preemptions: int  # cumulative
+    prefix_cache_queries: int  # prompt tokens looked up, cumulative
+    prefix_cache_hits: int  # of those, tokens found in the cache
+    last_step_num_tokens: int
+    last_step_time_s: float

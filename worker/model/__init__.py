@@ -1,0 +1,1 @@
+"""The Llama-family decoder the engine runs: config, tensor-parallel-ready layers, RoPE, the model."""
