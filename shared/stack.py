@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         stopping = True
 
     stack = LocalStack(
-        port=args.port, redis_port=args.redis_port, host=args.host, env={"BUSSTOP_WORKER_LOG_JSON": "false"}
+        port=args.port, redis_port=args.redis_port, host=args.host, env={"BUSSTOP_LOG_FORMAT": "text"}
     )
     print("busstop: starting redis-server, a worker (loading the model) and the gateway ...", flush=True)
     try:

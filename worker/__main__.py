@@ -18,6 +18,7 @@ from shared.telemetry.logs import configure_logging
 from shared.telemetry.worker_metrics import WorkerMetrics, start_metrics_server
 from worker.engine.config import EngineConfig
 from worker.engine.engine import Engine
+from worker.engine.kv_cache import page_bytes
 from worker.loader import LoadedModel, ModelSettings, get_model_settings, load_model
 from worker.service.service import WorkerService
 from worker.service.settings import WorkerSettings, get_worker_settings
@@ -25,19 +26,40 @@ from worker.service.settings import WorkerSettings, get_worker_settings
 log = logging.getLogger("worker")
 
 
-def build_engine(settings: ModelSettings) -> tuple[Engine, LoadedModel]:
+def build_engine(settings: ModelSettings) -> tuple[Engine, LoadedModel, int]:
+    """Load the model and build its engine; returns (engine, loaded model, max_model_len served)."""
     loaded = load_model(settings)
-    config = EngineConfig(
-        kv_cache_bytes=settings.kv_cache_bytes,
-        max_model_len=loaded.max_model_len,
-        device=str(settings.torch_device()),
-        dtype=settings.torch_dtype(),
+    page_size = EngineConfig.page_size
+    dtype = settings.torch_dtype()
+    num_pages = settings.kv_cache_bytes // page_bytes(
+        loaded.config.num_hidden_layers,
+        page_size,
+        loaded.model.num_kv_heads_per_rank,
+        loaded.config.head_dim,
+        dtype,
     )
-    return Engine(loaded.model, config, loaded.eos_token_ids), loaded
+    # A request may use the whole window, so one sequence of max_model_len tokens must fit the KV cache.
+    max_model_len = min(loaded.max_model_len, num_pages * page_size)
+    if max_model_len < loaded.max_model_len:
+        if settings.max_model_len:
+            raise ValueError(
+                f"max_model_len {settings.max_model_len} does not fit the KV cache "
+                f"({num_pages * page_size} tokens); raise BUSSTOP_MODEL_KV_CACHE_BYTES or lower"
+                " BUSSTOP_MODEL_MAX_MODEL_LEN"
+            )
+        log.warning("serving a context window of %d tokens, what the KV cache holds", max_model_len)
+    config = EngineConfig(
+        page_size=page_size,
+        kv_cache_bytes=settings.kv_cache_bytes,
+        max_model_len=max_model_len,
+        device=str(settings.torch_device()),
+        dtype=dtype,
+    )
+    return Engine(loaded.model, config, loaded.eos_token_ids), loaded, max_model_len
 
 
 async def serve(settings: WorkerSettings, model_settings: ModelSettings) -> int:
-    engine, loaded = await asyncio.to_thread(build_engine, model_settings)
+    engine, loaded, max_model_len = await asyncio.to_thread(build_engine, model_settings)
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     service = WorkerService(
         settings,
@@ -45,7 +67,7 @@ async def serve(settings: WorkerSettings, model_settings: ModelSettings) -> int:
         model_name=loaded.name,
         engine=engine,
         tokenizer=loaded.tokenizer,
-        max_model_len=loaded.max_model_len,
+        max_model_len=max_model_len,
         vocab_size=loaded.config.vocab_size,
         metrics=WorkerMetrics(loaded.name),
     )
@@ -64,7 +86,7 @@ async def serve(settings: WorkerSettings, model_settings: ModelSettings) -> int:
 
 def main() -> int:
     settings = get_worker_settings()
-    configure_logging(settings.log_level, json_lines=settings.log_json)
+    configure_logging()  # BUSSTOP_LOG_LEVEL, BUSSTOP_LOG_FORMAT
     start_metrics_server(settings.metrics_port)
     return asyncio.run(serve(settings, get_model_settings()))
 

@@ -38,8 +38,6 @@ class WorkerSettings(BaseSettings):
     max_intake_batch: int = 32
     intake_block_ms: int = 1000
     metrics_port: int = 0  # Prometheus /metrics on this port; 0 = off
-    log_level: str = "INFO"
-    log_json: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:
