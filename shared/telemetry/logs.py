@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 
 from opentelemetry import trace
 
+from shared.telemetry.settings import LogSettings
+
 SENSITIVE_FIELDS = frozenset({"prompt", "messages", "api_key", "authorization", "key", "text"})
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -42,18 +44,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
-    """Route the root logger (and uvicorn's) to stderr, as JSON lines unless ``json_lines`` is False."""
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise ValueError(f"unknown log level {level!r}")
+def configure_logging(settings: LogSettings | None = None) -> None:
+    """Route the root logger (and uvicorn's) to stderr, as ``BUSSTOP_LOG_FORMAT`` says."""
+    settings = settings or LogSettings()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        JsonFormatter()
+        if settings.format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(numeric)
+    root.setLevel(settings.level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

@@ -35,8 +35,12 @@ def is_export_enabled() -> bool:
 
 @lru_cache(maxsize=1)
 def setup_tracing(service_name: str) -> TracerProvider:
-    """Install this process's tracer provider (once; later calls return the first one)."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    """Install this process's tracer provider (once; later calls return the first one).
+
+    ``OTEL_SERVICE_NAME``, when set, overrides ``service_name``.
+    """
+    name = os.environ.get("OTEL_SERVICE_NAME") or service_name
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
     if is_export_enabled():
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
