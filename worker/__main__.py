@@ -15,6 +15,7 @@ import sys
 from redis.asyncio import Redis
 
 from shared.telemetry.logs import configure_logging
+from shared.telemetry.tracing import setup_tracing
 from shared.telemetry.worker_metrics import WorkerMetrics, start_metrics_server
 from worker.engine.config import EngineConfig
 from worker.engine.engine import Engine
@@ -87,6 +88,7 @@ async def serve(settings: WorkerSettings, model_settings: ModelSettings) -> int:
 def main() -> int:
     settings = get_worker_settings()
     configure_logging()  # BUSSTOP_LOG_LEVEL, BUSSTOP_LOG_FORMAT
+    setup_tracing("busstop-worker")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     start_metrics_server(settings.metrics_port)
     return asyncio.run(serve(settings, get_model_settings()))
 

@@ -26,10 +26,11 @@ def test_one_request_is_one_trace_across_gateway_and_worker() -> None:
     traceparent = gw.traceparent  # what the GenerateRequest carries over Redis
     assert traceparent is not None and traceparent.startswith("00-")
 
-    wk = WorkerRequestTrace(worker_tracer, traceparent, "r1", "smollm2", "interactive", "w1")
+    wk = WorkerRequestTrace(worker_tracer, traceparent, "r1", "interactive", "w1", model="smollm2")
     wk.admitted(num_prompt_tokens=12)
     gw.accepted("w1")
-    wk.first_token()
+    wk.on_tokens()
+    wk.on_tokens()  # later tokens change nothing
     wk.finish("length", completion_tokens=8)
     gw.finish(200, prompt_tokens=12, completion_tokens=8)
 
@@ -49,7 +50,7 @@ def test_a_missing_or_malformed_traceparent_starts_a_fresh_trace() -> None:
     tracer = provider_with(exporter, "busstop-worker").get_tracer("worker")
     for bad in (None, "", "not-a-traceparent"):
         assert context_from_traceparent(bad) == {}
-        wk = WorkerRequestTrace(tracer, bad, "r", "m", "batch", "w")
+        wk = WorkerRequestTrace(tracer, bad, "r", "batch", "w")
         wk.finish("abort", error="cancelled")
     spans = exporter.get_finished_spans()
     assert len({s.context.trace_id for s in spans}) == 3

@@ -38,6 +38,8 @@ class PreparedRequest:
     priority: int
     arrival_time: float
     stop: tuple[str, ...]
+    traffic_class: str = "interactive"
+    traceparent: str | None = None  # the gateway's span, parent of this worker's spans
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> RequestError:
@@ -131,4 +133,6 @@ def prepare_request(
         priority=CLASS_RANK[req.traffic_class],
         arrival_time=req.arrival_time,
         stop=tuple(s for s in req.sampling.stop if s),
+        traffic_class=req.traffic_class.value,
+        traceparent=req.traceparent,
     )

@@ -290,9 +290,8 @@ class WorkerService:
             self._capacity_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._capacity_changed.wait(), max(0.0, deadline - time.monotonic()))
-        left = list(self._tracker.active)
+        left = self._tracker.hand_back()
         for req_id in left:
             self._engine_loop.submit(AbortCommand(req_id))
-        self._tracker.active.clear()
         if left:
             log.info("left %d unfinished requests for other workers", len(left))

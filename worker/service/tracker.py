@@ -6,15 +6,19 @@ engine thread only ever sees token ids.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from shared.messages import ErrorInfo, ReplyEvent, ReplyKind, TokenLogprob, TopLogprob, Usage
+from shared.telemetry.tracing import WorkerRequestTrace, get_tracer
 from worker.service.engine_loop import EngineReport
 from worker.service.prepare import PreparedRequest
 from worker.service.replies import HeldMessage, ReplyBatch
 from worker.service.resume import ResumeState
 from worker.tokenizer import IncrementalDetokenizer, Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +32,7 @@ class ActiveRequest:
     next_seq: int
     num_output_tokens: int
     wants_logprobs: bool
+    trace: WorkerRequestTrace
     is_cancelled: bool = False
 
     def event(self, kind: ReplyKind, **fields: Any) -> ReplyEvent:
@@ -44,6 +49,7 @@ class RequestTracker:
     def __init__(self, worker_id: str, tokenizer: Tokenizer) -> None:
         self.worker_id = worker_id
         self._tokenizer = tokenizer
+        self._tracer = get_tracer("busstop.worker")
         self.active: dict[str, ActiveRequest] = {}
 
     def held_messages(self) -> list[HeldMessage]:
@@ -62,6 +68,9 @@ class RequestTracker:
             next_seq=resume.next_seq,
             num_output_tokens=len(resume.output_token_ids),
             wants_logprobs=prepared.params.logprobs is not None,
+            trace=WorkerRequestTrace(
+                self._tracer, prepared.traceparent, prepared.req_id, prepared.traffic_class, self.worker_id
+            ),
         )
         self.active[req.req_id] = req
         return req
@@ -80,11 +89,13 @@ class RequestTracker:
         for req_id in report.admitted:
             req = self.active.get(req_id)
             if req is not None:
+                req.trace.admitted(req.num_prompt_tokens)
                 usage = Usage(prompt_tokens=req.num_prompt_tokens)
                 batch.add(req_id, req.event(ReplyKind.ACCEPTED, worker_id=self.worker_id, usage=usage))
         for req_id, why in report.rejected:
             req = self.active.pop(req_id, None)
             if req is not None:
+                req.trace.finish(None, error=why)
                 batch.add(req_id, error_event(req.next_seq, ErrorInfo(status=400, message=why)))
                 batch.finish(req_id, req.message)
         for out in report.outputs:
@@ -97,9 +108,18 @@ class RequestTracker:
 
     def fail_all(self, batch: ReplyBatch, error: ErrorInfo) -> None:
         for req in self.active.values():
+            req.trace.finish(None, error=error.message)
             batch.add(req.req_id, error_event(req.next_seq, error))
             batch.finish(req.req_id, req.message)
         self.active.clear()
+
+    def hand_back(self) -> list[str]:
+        """Forget every active request (left pending in Redis for other workers); returns their ids."""
+        for req in self.active.values():
+            req.trace.finish(None, req.num_output_tokens, error="left for another worker")
+        left = list(self.active)
+        self.active.clear()
+        return left
 
     def _apply_output(self, req: ActiveRequest, out: Any, batch: ReplyBatch) -> bool:
         """Add ``out``'s events; True if the request is finished here."""
@@ -113,6 +133,8 @@ class RequestTracker:
         elif finish_reason in ("stop", "length"):
             text += req.detokenizer.flush()  # held back for a stop string that never came
         req.num_output_tokens += len(token_ids)
+        if token_ids:
+            req.trace.on_tokens(out.num_cached_tokens)
         if token_ids or text:
             logprobs = self._logprobs(out.logprobs) if req.wants_logprobs and out.logprobs else None
             batch.add(
@@ -128,6 +150,18 @@ class RequestTracker:
         batch.add(req.req_id, req.event(ReplyKind.DONE, finish_reason=finish_reason, usage=usage))
         batch.finish(req.req_id, req.message)
         del self.active[req.req_id]
+        req.trace.finish(finish_reason, req.num_output_tokens)
+        log.info(
+            "request finished",
+            extra={
+                "req_id": req.req_id,
+                "trace_id": req.trace.trace_id,
+                "finish_reason": finish_reason,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cached_tokens": usage.cached_tokens,
+            },
+        )
         return True
 
     def _logprobs(self, entries: list[Any]) -> list[TokenLogprob]:
