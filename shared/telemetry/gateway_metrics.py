@@ -147,7 +147,9 @@ class RequestTimer:
         if self._finished:
             return
         self._finished = True
-        self.accepted()
+        if self._queued_at is not None:  # never accepted: it leaves the queue without a queue time
+            self._m.queued.labels(*self._labels).dec()
+            self._queued_at = None
         m = self._m
         m.requests.labels(*self._labels, str(status)).inc()
         m.e2e.labels(*self._labels).observe(time.perf_counter() - self._start)

@@ -14,7 +14,6 @@ variable) is set, otherwise they are dropped when they end.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from functools import lru_cache
 
 from opentelemetry import trace
@@ -71,7 +70,13 @@ def trace_id_hex(span: Span) -> str | None:
 
 
 class GatewayRequestTrace:
-    """The gateway's request span, and the queue-wait span from XADD to the worker's first reply."""
+    """The gateway's request span, and the queue-wait span from XADD to the worker's first reply.
+
+    ``parent`` is the client's own ``traceparent`` header, if it sent one: the request then joins
+    the client's trace.
+    """
+
+    __slots__ = ("span", "_tracer", "_queue")
 
     def __init__(
         self,
@@ -80,18 +85,19 @@ class GatewayRequestTrace:
         req_id: str,
         model: str,
         traffic_class: str,
-        headers: Mapping[str, str] | None = None,
+        parent: str | None = None,
+        start_time_ns: int | None = None,
     ) -> None:
-        parent = _PROPAGATOR.extract(dict(headers)) if headers else None
         self.span = tracer.start_span(
             name,
-            context=parent,
+            context=context_from_traceparent(parent),
             kind=SpanKind.SERVER,
             attributes={
                 "busstop.req_id": req_id,
                 "gen_ai.request.model": model,
                 "busstop.traffic_class": traffic_class,
             },
+            start_time=start_time_ns,
         )
         self._tracer = tracer
         self._queue: Span | None = None
