@@ -5,7 +5,9 @@ prompt chunks, in (priority, arrival) order), then waiting ones by (priority min
 arrival), all within a token budget and a sequence cap; a prompt that does not fit the remaining
 budget is chunked. When pages run out a running sequence is preempted by recompute (its pages freed,
 its tokens prefilled again later): the victim is the lowest priority, then the latest arrival.
-A waiting request may also preempt running requests of a strictly lower priority (larger number).
+A waiting request may also preempt running requests of a strictly lower priority (larger number)
+unless aging has already lifted them above it, so aging cannot be undone by a stream of fresh
+high-priority arrivals, and a preempted request can never preempt its preemptor back.
 """
 
 from __future__ import annotations
@@ -106,19 +108,19 @@ class Scheduler:
             i += 1
 
         # 2. Waiting sequences, admitted in order until one does not fit.
-        candidates = sorted((s for s in self.waiting if s.req_id not in preempted),
-                            key=self._waiting_key(self.clock()))
+        key = self._waiting_key(self.clock())
+        candidates = sorted((s for s in self.waiting if s.req_id not in preempted), key=key)
         for seq in candidates:
             if budget <= 0:
                 break
-            if len(self.running) >= self.config.max_num_seqs and not self._preempt_lower(seq, preempt):
+            if len(self.running) >= self.config.max_num_seqs and not self._preempt_lower(seq, preempt, key):
                 break
             page_ids, hashes = bm.match_prefix(seq.token_ids)
             while True:
                 n = min(seq.num_tokens - len(page_ids) * bm.page_size, budget)
                 needed = (bm.num_pages_for(len(page_ids) * bm.page_size + n) - len(page_ids)
                           + bm.num_free_among(page_ids))
-                if needed <= bm.num_free_pages or not self._preempt_lower(seq, preempt):
+                if needed <= bm.num_free_pages or not self._preempt_lower(seq, preempt, key):
                     break
             if needed > bm.num_free_pages or n <= 0:
                 break
@@ -130,14 +132,14 @@ class Scheduler:
         batch = list(scheduled.values())
         return SchedulerOutput(batch, sum(s.num_new_tokens for s in batch), preempted)
 
-    def _preempt_lower(self, seq: Sequence, preempt: Callable[[Sequence], None]) -> bool:
-        """Preempt the lowest-priority, latest running sequence if its priority is below seq's."""
-        if not self.running:
+    def _preempt_lower(self, seq: Sequence, preempt: Callable[[Sequence], None],
+                       key: Callable[[Sequence], tuple[float, float]]) -> bool:
+        """Preempt the lowest-priority, latest running sequence below seq both by priority and by
+        aged priority; False if there is none."""
+        victims = [s for s in self.running if s.priority > seq.priority and key(s) > key(seq)]
+        if not victims:
             return False
-        victim = max(self.running, key=lambda s: (s.priority, s.arrival_time))
-        if victim.priority <= seq.priority:
-            return False
-        preempt(victim)
+        preempt(max(victims, key=lambda s: (s.priority, s.arrival_time)))
         return True
 
     def _admit(self, seq: Sequence, page_ids: list[int], hashes: list[int]) -> None:
