@@ -23,12 +23,14 @@ from worker.model.llama import LlamaForCausalLM
 __all__ = ["Capacity", "Engine", "EngineStats", "RequestOutput", "TokenLogprobs", "generate"]
 
 
-def _make_backend(name: str, model: LlamaForCausalLM, device: torch.device) -> BaseAttentionBackend:
-    if resolve_backend_name(name, device) == "flashinfer":
+def _make_backend(config: EngineConfig, model: LlamaForCausalLM, device: torch.device
+                  ) -> BaseAttentionBackend:
+    if resolve_backend_name(config.attention_backend, device) == "flashinfer":
         from worker.engine.attention.flashinfer_backend import FlashInferAttentionBackend
 
         attn = model.model.layers[0].self_attn
-        return FlashInferAttentionBackend(attn.num_heads, attn.num_kv_heads, attn.head_dim, device)
+        return FlashInferAttentionBackend(attn.num_heads, attn.num_kv_heads, attn.head_dim, config.dtype,
+                                          device)
     return TorchAttentionBackend()
 
 
@@ -52,9 +54,8 @@ class Engine:
                                 config.dtype, self.device)
         self.block_manager = BlockManager(num_pages, config.page_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.runner = ModelRunner(self.model, self.kv_cache, _make_backend(config.attention_backend, model,
-                                                                            self.device),
-                                  self.eos_token_ids, self.device)
+        backend = _make_backend(config, model, self.device)
+        self.runner = ModelRunner(self.model, self.kv_cache, backend, self.eos_token_ids, self.device)
         self._seqs: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []  # abort outputs, handed out by the next step
         self._last_step_num_tokens = 0
