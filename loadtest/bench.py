@@ -250,7 +250,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, Path, Path |
 
 def main(argv: list[str] | None = None) -> int:
     config, output, plot = parse_args(argv)
-    run = asyncio.run(run_bench(config))
+    try:
+        run = asyncio.run(run_bench(config))
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"runs": [run]}, indent=2) + "\n")
     print(f"wrote {output}", file=sys.stderr)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from shared.keys import worker_pattern
-from shared.messages import WorkerHeartbeat
+from shared.keys import reply_stream
+from shared.messages import ReplyKind, WorkerHeartbeat
+from shared.stack import LocalStack
+from tests.e2e.conftest import MODEL, heartbeats, reply_events
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,7 +33,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-MODEL = "smollm2"
+STOP_MAX_TOKENS = 400  # within the e2e stack's context window, and long enough to stop midway
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium")
 
@@ -50,7 +52,7 @@ WATCH_ANSWER_JS = """() => {
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
@@ -58,7 +60,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, stack: Any) -> Iterator[Any]:
+def page(browser: Browser, stack: LocalStack) -> Iterator[Page]:
     """The chat page, signed in with the stack's key, greedy sampling, default model chosen."""
     context = browser.new_context(viewport={"width": 1000, "height": 760})
     page = context.new_page()
@@ -74,28 +76,21 @@ def page(browser: Any, stack: Any) -> Iterator[Any]:
     assert errors == []
 
 
-def heartbeats(redis_url: str) -> list[WorkerHeartbeat]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        values = [client.get(key) for key in client.scan_iter(match=worker_pattern(MODEL))]
-    finally:
-        client.close()
-    return [WorkerHeartbeat.model_validate(json.loads(v)) for v in values if v]
-
-
-def wait_for_heartbeat(redis_url: str, ready: Any, timeout_s: float) -> list[WorkerHeartbeat]:
-    """Poll the workers' heartbeats until ``ready(heartbeats)`` holds; fail after ``timeout_s``."""
+def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    beats = heartbeats(redis_url)
-    while not (beats and ready(beats)):
+    while not (result := check()):
         if time.monotonic() > deadline:
-            pytest.fail(f"worker heartbeats never reached the expected state: {beats}")
-        time.sleep(0.25)
-        beats = heartbeats(redis_url)
-    return beats
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+    return result
 
 
-def test_answer_streams_into_the_page(page: Any) -> None:
+def is_idle_since(beats: list[WorkerHeartbeat], since: float) -> bool:
+    return bool(beats) and all(b.time > since and b.num_running == 0 and b.num_waiting == 0 for b in beats)
+
+
+def test_answer_streams_into_the_page(page: Page) -> None:
     page.evaluate(WATCH_ANSWER_JS)
     prompt = page.get_by_label("Message")
     prompt.fill("What is the capital of France?")
@@ -115,8 +110,8 @@ def test_answer_streams_into_the_page(page: Any) -> None:
     page.screenshot(path=str(ARTIFACTS / "chat-page.png"))
 
 
-def test_stop_cancels_the_request_on_the_worker(page: Any, stack: Any) -> None:
-    page.get_by_label("Max tokens").fill("4000")
+def test_stop_cancels_the_request_on_the_worker(page: Page, store: redis.Redis) -> None:
+    page.get_by_label("Max tokens").fill(str(STOP_MAX_TOKENS))
     # ignore_eos keeps the answer going until Stop, whatever the model would say.
     page.route(
         "**/v1/chat/completions",
@@ -124,23 +119,30 @@ def test_stop_cancels_the_request_on_the_worker(page: Any, stack: Any) -> None:
             post_data=json.dumps({**route.request.post_data_json, "ignore_eos": True})
         ),
     )
+    earlier_replies = set(store.scan_iter(match=reply_stream("*")))
     prompt = page.get_by_label("Message")
     prompt.fill("Tell me a very long story about a bus.")
     prompt.press("Enter")
 
     answer = page.locator(".msg-assistant").last
     expect(answer.locator(".msg-body")).to_have_text(LONG_TEXT, timeout=60_000)
-    wait_for_heartbeat(stack.redis.url, lambda beats: sum(b.num_running for b in beats) >= 1, timeout_s=30)
+    wait_until(lambda: sum(b.num_running for b in heartbeats(store)) >= 1, "the worker to report the request")
 
     stopped_at = time.time()
     page.get_by_role("button", name="Stop").click()
     expect(page.get_by_role("button", name="Send")).to_be_visible()
     expect(answer.locator(".msg-meta")).to_contain_text("stopped")
     expect(answer).not_to_have_attribute("aria-busy", "true")
-    wait_for_heartbeat(
-        stack.redis.url,
-        lambda beats: all(b.time > stopped_at and b.num_running == 0 and b.num_waiting == 0 for b in beats),
-        timeout_s=30,
-    )
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chat-page-stopped.png"))
+
+    # The worker aborted the request: its reply ends in an abort, and no request is left running.
+    (reply,) = set(store.scan_iter(match=reply_stream("*"))) - earlier_replies
+    req_id = reply.removeprefix(reply_stream(""))
+    events = wait_until(
+        lambda: (e := reply_events(store, req_id)) and e[-1].kind is ReplyKind.DONE and e,
+        "the final reply event",
+    )
+    assert events[-1].finish_reason == "abort"
+    assert events[-1].usage is not None and events[-1].usage.completion_tokens < STOP_MAX_TOKENS
+    wait_until(lambda: is_idle_since(heartbeats(store), stopped_at), "an idle worker heartbeat after Stop")
