@@ -41,13 +41,17 @@ class LocalStack:
         api_key: str | None = None,
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
+        num_workers: int = 1,
     ) -> None:
+        if num_workers < 1:
+            raise ValueError("num_workers must be >= 1")
         self.host = host
         self.port = port or free_port(host)
         self.api_key = api_key or os.environ.get("BUSSTOP_DEV_API_KEY") or f"sk-dev-{secrets.token_hex(16)}"
         self.redis = RedisServer(port=redis_port)
         self._env = dict(env or {})
         self._log_dir = log_dir
+        self._num_workers = num_workers
         self.gateway: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
@@ -83,7 +87,8 @@ class LocalStack:
     def start(self, timeout_s: float = 120.0) -> LocalStack:
         try:
             self.redis.start()
-            self.start_worker()
+            for _ in range(self._num_workers):  # they load the model side by side
+                self.start_worker()
             self.gateway = self._spawn(
                 "gateway",
                 [
@@ -105,7 +110,7 @@ class LocalStack:
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
-        """Until the gateway's /ready answers 200 (Redis up, a live worker per model)."""
+        """Until the gateway's /ready answers 200 (Redis up, a live worker per model: one is enough)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for name, proc in [("gateway", self.gateway), *(("worker", w) for w in self.workers)]:

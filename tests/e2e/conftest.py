@@ -1,0 +1,81 @@
+"""The real stack for end-to-end tests: redis-server, SmolLM2 worker processes, the gateway under uvicorn.
+
+One stack serves the whole session (loading the model takes seconds); tests that kill workers
+start their own. Short heartbeat and reclaim timings make a dead worker's requests move quickly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared import keys
+from shared.messages import ReplyEvent, WorkerHeartbeat
+from shared.stack import DEFAULT_MODEL, LocalStack
+
+MODEL = DEFAULT_MODEL
+MAX_MODEL_LEN = 512
+READY_TIMEOUT_S = 240.0  # model loads are slow on a busy 2-core machine
+
+E2E_ENV = {
+    "BUSSTOP_MODEL_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
+    "BUSSTOP_MODEL_KV_CACHE_BYTES": str(64 * 1024 * 1024),
+    "BUSSTOP_WORKER_HEARTBEAT_INTERVAL_S": "0.5",
+    "BUSSTOP_WORKER_HEARTBEAT_TTL_S": "2",
+    "BUSSTOP_WORKER_RECLAIM_MIN_IDLE_MS": "2000",
+    "BUSSTOP_WORKER_REFRESH_S": "0.25",
+    "BUSSTOP_LOG_FORMAT": "text",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@contextmanager
+def running_stack(
+    log_dir: Path, num_workers: int = 1, env: dict[str, str] | None = None
+) -> Iterator[LocalStack]:
+    """A started stack with all ``num_workers`` workers live (logs in ``log_dir``), stopped on exit."""
+    stack = LocalStack(port=0, env={**E2E_ENV, **(env or {})}, log_dir=log_dir, num_workers=num_workers)
+    stack.start(timeout_s=READY_TIMEOUT_S)
+    try:
+        client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while len(heartbeats(client)) < num_workers and time.monotonic() < deadline:
+            time.sleep(0.25)
+        client.close()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with running_stack(tmp_path_factory.mktemp("e2e-stack")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def store(stack: LocalStack) -> Iterator[redis.Redis]:
+    """The stack's Redis, to look at what workers and the gateway wrote."""
+    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def heartbeats(client: redis.Redis) -> list[WorkerHeartbeat]:
+    names = list(client.scan_iter(match=keys.worker_pattern(MODEL)))
+    values = client.mget(names) if names else []
+    return [WorkerHeartbeat.model_validate_json(v) for v in values if v is not None]
+
+
+def reply_events(client: redis.Redis, req_id: str) -> list[ReplyEvent]:
+    return [ReplyEvent.model_validate_json(f["data"]) for _, f in client.xrange(keys.reply_stream(req_id))]
+
+
+def req_id_of_chunk(chunk_id: str) -> str:
+    """The gateway names responses ``chatcmpl-<req_id>`` / ``cmpl-<req_id>``."""
+    return chunk_id.split("-", 1)[1]
