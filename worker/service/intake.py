@@ -8,6 +8,7 @@ dead worker left pending.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -62,15 +63,17 @@ async def read_new(
     for stream in request_streams(model):
         if len(taken) >= count:
             return taken
-        reply = await redis.xreadgroup(keys.WORKER_GROUP, consumer, {stream: ">"}, count=count - len(taken))
+        reply: Any = await redis.xreadgroup(
+            keys.WORKER_GROUP, consumer, {stream: ">"}, count=count - len(taken)
+        )
         for name, entries in reply or []:
             taken.extend(_messages(name, entries, reclaimed=False))
     if taken or block_ms is None:
         return taken
-    reply = await redis.xreadgroup(
+    blocked: Any = await redis.xreadgroup(
         keys.WORKER_GROUP, consumer, {s: ">" for s in request_streams(model)}, count=1, block=block_ms
     )
-    for name, entries in reply or []:
+    for name, entries in blocked or []:
         taken.extend(_messages(name, entries, reclaimed=False))
     return taken
 
@@ -83,7 +86,7 @@ async def reclaim(
     for stream in request_streams(model):
         if len(taken) >= count:
             break
-        reply = await redis.xautoclaim(
+        reply: Any = await redis.xautoclaim(
             stream,
             keys.WORKER_GROUP,
             consumer,
@@ -98,7 +101,7 @@ async def reclaim(
 
 async def refresh(redis: Redis, consumer: str, messages: list[HeldMessage]) -> None:
     """Reset the idle time of messages we still work on, so no live worker reclaims them."""
-    by_stream: dict[str, list[str]] = {}
+    by_stream: dict[str, list[str | bytes | int | memoryview]] = {}
     for m in messages:
         by_stream.setdefault(m.stream, []).append(m.msg_id)
     if not by_stream:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -21,7 +22,7 @@ class ResumeState:
 
 
 async def read_resume_state(redis: Redis, req_id: str) -> ResumeState:
-    entries = await redis.xrange(keys.reply_stream(req_id))
+    entries: Any = await redis.xrange(keys.reply_stream(req_id))
     next_seq = 0
     output_token_ids: list[int] = []
     is_finished = was_accepted = False

@@ -241,7 +241,7 @@ class WorkerService:
         last_id = "$"
         while True:
             try:
-                reply = await self._redis.xread({stream: last_id}, count=100, block=1000)
+                reply: Any = await self._redis.xread({stream: last_id}, count=100, block=1000)
             except (RedisConnectionError, TimeoutError) as exc:
                 log.warning("control: Redis unavailable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
