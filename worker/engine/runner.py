@@ -52,14 +52,15 @@ class ModelRunner:
                                            self.kv_cache.page_size, self.device)
         self.backend.plan(metadata)
         ids = torch.tensor(input_ids, dtype=torch.int64).to(self.device, non_blocking=True)
+        sampling = [j for j, item in enumerate(batch) if item.is_sampling]
+        ends = list(itertools.accumulate(q_lens))
+        last_rows = torch.tensor([ends[j] - 1 for j in sampling], dtype=torch.int64, device=self.device)
+        self.model.parallel.broadcast_step(ids, metadata, last_rows)  # TP: the other ranks run this step too
         hidden = self.model(ids, metadata.positions, self.backend, self.kv_cache)  # [num_tokens, hidden]
 
-        sampling = [j for j, item in enumerate(batch) if item.is_sampling]
         sampled: list[int | None] = [None] * len(output.scheduled)
         logprobs: list[TokenLogprobs | None] = [None] * len(output.scheduled)
         if sampling:
-            ends = list(itertools.accumulate(q_lens))
-            last_rows = torch.tensor([ends[j] - 1 for j in sampling], device=self.device)
             logits = self.model.compute_logits(hidden[last_rows])  # [num_sampling, vocab]
             result = sample(logits, [batch[j].seq for j in sampling], self.eos_token_ids)
             for j, token, lp in zip(sampling, result.token_ids, result.logprobs, strict=True):

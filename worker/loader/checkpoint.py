@@ -27,6 +27,10 @@ class BaseCheckpoint(ABC):
     def get_tensor(self, name: str) -> torch.Tensor:
         """The full tensor, float32 or the file's float dtype, on CPU."""
 
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape; formats that know it without reading the data override this."""
+        return tuple(self.get_tensor(name).shape)
+
     def get_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
         """Rows/columns [start, stop) of ``dim``; formats that can read a slice alone override this."""
         return self.get_tensor(name).narrow(dim, start, stop - start)

@@ -111,6 +111,9 @@ class GGUFCheckpoint(BaseCheckpoint):
             weight = unpermute_rows(weight, num_heads)
         return torch.from_numpy(np.ascontiguousarray(weight))
 
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in reversed(self._tensors[name].shape))
+
     def close(self) -> None:
         self._tensors = {}
         self._reader = None

@@ -18,6 +18,7 @@ from worker.loader.settings import DEFAULT_MODEL_PATH, ModelSettings
 from worker.model.config import ModelConfig
 from worker.model.llama import LlamaForCausalLM
 from worker.model.parallel import SINGLE, ParallelContext
+from worker.parallel.shard_weights import rank_weights
 from worker.tokenizer import Tokenizer
 
 
@@ -120,9 +121,15 @@ def load_model(settings: ModelSettings, parallel: ParallelContext = SINGLE) -> L
             raise ModelLoadError(config_path, str(exc)) from None
         tokenizer = load_tokenizer(path)
         try:
+            # A TP rank reads only its slices of each matrix.
+            weights = (
+                checkpoint.weights(settings.torch_dtype())
+                if parallel.world_size == 1
+                else rank_weights(checkpoint, settings.torch_dtype())
+            )
             model = build_model(
                 config,
-                checkpoint.weights(settings.torch_dtype()),
+                weights,
                 settings.torch_device(),
                 settings.torch_dtype(),
                 parallel,

@@ -8,9 +8,15 @@ unsharded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+
+
+class StepSender(Protocol):
+    """Rank 0's side of a TP group's step channel (worker/parallel/step_channel.py)."""
+
+    def send(self, input_ids: torch.Tensor, metadata: Any, logits_rows: torch.Tensor) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -18,6 +24,7 @@ class ParallelContext:
     rank: int = 0
     world_size: int = 1
     group: Any = None  # torch.distributed.ProcessGroup when world_size > 1
+    step_sender: StepSender | None = None  # rank 0 of a TP group: hands each step to the other ranks
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -29,6 +36,24 @@ class ParallelContext:
             raise ValueError(
                 f"{what} ({total}) is not divisible by the tensor-parallel size {self.world_size}")
         return total // self.world_size
+
+    def num_kv_heads_per_rank(self, num_kv_heads: int) -> int:
+        """KV heads split over ranks; with fewer KV heads than ranks each rank keeps one (replicated)."""
+        if num_kv_heads >= self.world_size:
+            return self.shard_size(num_kv_heads, "num_key_value_heads")
+        if self.world_size % num_kv_heads:
+            raise ValueError(f"num_key_value_heads ({num_kv_heads}) cannot be replicated evenly over "
+                             f"the tensor-parallel size {self.world_size}")
+        return 1
+
+    def kv_head_start(self, num_kv_heads: int) -> int:
+        """The first KV head this rank holds: the one its query heads read (GQA groups stay together)."""
+        return self.rank * num_kv_heads // self.world_size
+
+    def broadcast_step(self, input_ids: torch.Tensor, metadata: Any, logits_rows: torch.Tensor) -> None:
+        """Rank 0: send this step's model inputs to the other ranks, which run the same forward."""
+        if self.step_sender is not None:
+            self.step_sender.send(input_ids, metadata, logits_rows)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, in place."""

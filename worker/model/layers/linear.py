@@ -73,21 +73,30 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 class QKVParallelLinear(MergedColumnParallelLinear):
     """q, k and v projections in one matmul; shard ids "q", "k", "v".
 
-    Heads are split across ranks (query and key/value heads each divide by the world size).
+    Query heads are split across ranks. KV heads are split too when there are at least as many as
+    ranks; otherwise each rank keeps the one KV head its query heads read (replicated KV heads).
     """
 
     SHARD_IDS = ("q", "k", "v")
 
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
                  bias: bool = False, parallel: ParallelContext = SINGLE) -> None:
+        self.head_dim = head_dim
         self.num_heads_per_rank = parallel.shard_size(num_heads, "num_attention_heads")
-        self.num_kv_heads_per_rank = parallel.shard_size(num_kv_heads, "num_key_value_heads")
-        super().__init__(hidden_size, [num_heads * head_dim, num_kv_heads * head_dim,
-                                       num_kv_heads * head_dim], bias, parallel)
+        self.num_kv_heads_per_rank = parallel.num_kv_heads_per_rank(num_kv_heads)
+        self.kv_head_start = parallel.kv_head_start(num_kv_heads)
+        kv_size = parallel.world_size * self.num_kv_heads_per_rank * head_dim  # replicas counted
+        super().__init__(hidden_size, [num_heads * head_dim, kv_size, kv_size], bias, parallel)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int | str = 0) -> None:
         index = self.SHARD_IDS.index(shard_id) if isinstance(shard_id, str) else shard_id
-        super().weight_loader(param, loaded, index)
+        if index == 0:
+            super().weight_loader(param, loaded, index)
+            return
+        n = self.part_sizes_per_rank[index]
+        offset = sum(self.part_sizes_per_rank[:index])
+        start = self.kv_head_start * self.head_dim
+        _copy_checked(param.data.narrow(0, offset, n), loaded.narrow(0, start, n))
 
 
 class RowParallelLinear(nn.Module):
