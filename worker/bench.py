@@ -105,7 +105,7 @@ def run(engine: Engine, workload: list[Request], mode: str, max_s: float) -> Res
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="random", help='"random" (SmolLM2-135M shape) or a loader path')
-    parser.add_argument("--num-requests", type=int, default=32)
+    parser.add_argument("--num-requests", type=int, default=48)
     parser.add_argument("--max-num-seqs", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, nargs=2, default=(16, 64), metavar=("MIN", "MAX"))
     parser.add_argument("--output-len", type=int, nargs=2, default=(8, 128), metavar=("MIN", "MAX"))

@@ -49,6 +49,8 @@ class Engine:
             mc.num_hidden_layers, config.page_size, num_kv_heads, mc.head_dim, config.dtype)
         if num_pages < 1:
             raise ValueError(f"kv_cache_bytes {config.kv_cache_bytes} is too small for one page")
+        if any(not 0 <= t < mc.vocab_size for t in eos_token_ids):
+            raise ValueError(f"eos_token_ids {eos_token_ids} must be in [0, {mc.vocab_size})")
         self.eos_token_ids = frozenset(eos_token_ids)
         self.kv_cache = KVCache(mc.num_hidden_layers, num_pages, config.page_size, num_kv_heads, mc.head_dim,
                                 config.dtype, self.device)

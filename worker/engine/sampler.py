@@ -62,7 +62,8 @@ def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         drop = torch.arange(vocab_size, device=device)[None, :] >= k[:, None]
         probs = sorted_logits.softmax(-1)
         mass_before = probs.cumsum(-1) - probs
-        drop |= mass_before >= torch.tensor(top_p, device=device)[:, None]  # keeps at least the top token
+        p = torch.tensor(top_p, device=device)[:, None]
+        drop |= (mass_before >= p) & (p < 1)  # keeps at least the top token; top_p 1 keeps all
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
     if any(p > 0 for p in min_p):
