@@ -85,6 +85,8 @@ class LocalStack:
         return worker
 
     def start(self, timeout_s: float = 120.0) -> LocalStack:
+        if self.gateway is not None or self.workers:
+            raise StackError("the stack is already started")
         try:
             self.redis.start()
             for _ in range(self._num_workers):  # they load the model side by side
@@ -121,7 +123,7 @@ class LocalStack:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.25)
+            time.sleep(0.5)
         raise StackError(f"the stack was not ready at {self.url}/ready within {timeout_s:.0f}s")
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -186,6 +188,9 @@ def run(args: argparse.Namespace) -> int:
         stack.start(timeout_s=args.timeout)
     except KeyboardInterrupt:
         return 130
+    except RuntimeError as exc:  # StackError, or redis-server that would not start
+        print(f"busstop up: {exc}", file=sys.stderr)
+        return 1
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     print(
