@@ -158,3 +158,13 @@ def test_remove_frees_pages_of_running_and_waiting() -> None:
     sched.remove(b)
     assert not sched.has_unfinished()
     assert bm.num_free_pages == bm.num_total_pages
+
+
+def test_waiting_interactive_prompt_goes_before_a_running_batch_prompts_next_chunk() -> None:
+    sched, _, _ = make(max_num_batched_tokens=8, enable_prefix_caching=False)
+    sched.add(seq("batch", 30, priority=2, arrival=99.0))
+    advance(sched, sched.schedule())  # first chunk of 8
+    sched.add(seq("chat", 6, priority=0, arrival=100.0))
+    out = sched.schedule()
+    assert plan(out) == {"chat": 6, "batch": 2}
+    assert out.preempted_req_ids == []

@@ -1,13 +1,17 @@
 """Iteration-level scheduling: who runs this step and how many tokens each gets.
 
-The scheduler never touches tensors. Each step: running sequences first (decodes and unfinished
-prompt chunks, in (priority, arrival) order), then waiting ones by (priority minus an aging bonus,
-arrival), all within a token budget and a sequence cap; a prompt that does not fit the remaining
-budget is chunked. When pages run out a running sequence is preempted by recompute (its pages freed,
-its tokens prefilled again later): the victim is the lowest priority, then the latest arrival.
-A waiting request may also preempt running requests of a strictly lower priority (larger number)
-unless aging has already lifted them above it, so aging cannot be undone by a stream of fresh
-high-priority arrivals, and a preempted request can never preempt its preemptor back.
+The scheduler never touches tensors. Each step, within a token budget and a sequence cap:
+
+1. decodes: every running sequence whose next step is one token, in (priority, arrival) order;
+2. prompt chunks: unfinished prompts of running sequences and waiting sequences together, ordered by
+   priority minus an aging bonus, then arrival, so a fresh interactive prompt is not stuck behind a
+   long batch prompt's chunks. A prompt that does not fit the remaining budget is chunked.
+
+When pages run out a running sequence is preempted by recompute (its pages freed, its tokens
+prefilled again later): the victim is the lowest priority, then the latest arrival, possibly the
+sequence itself. A waiting request may also preempt running requests of a strictly lower priority
+(larger number) unless aging has already lifted them above it, so aging cannot be undone by a stream
+of fresh high-priority arrivals, and a preempted request can never preempt its preemptor back.
 """
 
 from __future__ import annotations
@@ -72,75 +76,27 @@ class Scheduler:
         return lambda s: (s.priority - max(0.0, now - s.arrival_time) / aging_s, s.arrival_time)
 
     def schedule(self) -> SchedulerOutput:
-        bm = self.block_manager
-        budget = self.config.max_num_batched_tokens
-        scheduled: dict[str, ScheduledSeq] = {}
-        preempted: list[str] = []
-
-        def preempt(victim: Sequence) -> None:
-            self.running.remove(victim)
-            done = scheduled.pop(victim.req_id, None)
-            if done is not None:
-                nonlocal budget
-                budget += done.num_new_tokens
-            bm.free(victim)
-            victim.num_computed_tokens = 0
-            victim.status = SequenceStatus.WAITING
-            self.waiting.append(victim)
-            self.num_preemptions += 1
-            preempted.append(victim.req_id)
-
-        # 1. Running sequences; on a page shortage preempt from the back (lowest priority, latest).
+        step = _Step(self)
         self.running.sort(key=lambda s: (s.priority, s.arrival_time))
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            n = min(seq.num_uncomputed_tokens, budget)
-            while bm.num_new_pages_needed(seq, seq.num_computed_tokens + n) > bm.num_free_pages:
-                preempt(self.running[-1])
-                if seq.status is not SequenceStatus.RUNNING:
-                    break
-            if seq.status is not SequenceStatus.RUNNING:
+        for seq in list(self.running):
+            if step.budget <= 0:
                 break
-            bm.allocate(seq, seq.num_computed_tokens + n)
-            scheduled[seq.req_id] = ScheduledSeq(seq, n)
-            budget -= n
-            i += 1
+            if seq.status is SequenceStatus.RUNNING and seq.num_uncomputed_tokens == 1:
+                step.grow_running(seq)
 
-        # 2. Waiting sequences, admitted in order until one does not fit.
         key = self._waiting_key(self.clock())
-        candidates = sorted((s for s in self.waiting if s.req_id not in preempted), key=key)
+        candidates = sorted([s for s in self.running if s.req_id not in step.scheduled]
+                            + [s for s in self.waiting if s.req_id not in step.preempted], key=key)
         for seq in candidates:
-            if budget <= 0:
+            if step.budget <= 0:
                 break
-            if len(self.running) >= self.config.max_num_seqs and not self._preempt_lower(seq, preempt, key):
+            if seq.req_id in step.preempted:
+                continue
+            fits = step.grow_running(seq) if seq.status is SequenceStatus.RUNNING else step.admit(seq, key)
+            if not fits:
                 break
-            page_ids, hashes = bm.match_prefix(seq.token_ids)
-            while True:
-                n = min(seq.num_tokens - len(page_ids) * bm.page_size, budget)
-                needed = (bm.num_pages_for(len(page_ids) * bm.page_size + n) - len(page_ids)
-                          + bm.num_free_among(page_ids))
-                if needed <= bm.num_free_pages or not self._preempt_lower(seq, preempt, key):
-                    break
-            if needed > bm.num_free_pages or n <= 0:
-                break
-            self._admit(seq, page_ids, hashes)
-            bm.allocate(seq, seq.num_computed_tokens + n)
-            scheduled[seq.req_id] = ScheduledSeq(seq, n)
-            budget -= n
-
-        batch = list(scheduled.values())
-        return SchedulerOutput(batch, sum(s.num_new_tokens for s in batch), preempted)
-
-    def _preempt_lower(self, seq: Sequence, preempt: Callable[[Sequence], None],
-                       key: Callable[[Sequence], tuple[float, float]]) -> bool:
-        """Preempt the lowest-priority, latest running sequence below seq both by priority and by
-        aged priority; False if there is none."""
-        victims = [s for s in self.running if s.priority > seq.priority and key(s) > key(seq)]
-        if not victims:
-            return False
-        preempt(max(victims, key=lambda s: (s.priority, s.arrival_time)))
-        return True
+        batch = list(step.scheduled.values())
+        return SchedulerOutput(batch, sum(s.num_new_tokens for s in batch), step.preempted)
 
     def _admit(self, seq: Sequence, page_ids: list[int], hashes: list[int]) -> None:
         self.block_manager.take_prefix(seq, page_ids, hashes)
@@ -181,3 +137,75 @@ class Scheduler:
         if any(s.status is SequenceStatus.FINISHED for s in advanced):
             self.running = [s for s in self.running if s.status is SequenceStatus.RUNNING]
         return advanced
+
+
+class _Step:
+    """One schedule() call's working state: the budget left, what is scheduled, who was preempted."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.bm = scheduler.block_manager
+        self.budget = scheduler.config.max_num_batched_tokens
+        self.scheduled: dict[str, ScheduledSeq] = {}
+        self.preempted: list[str] = []
+
+    def _schedule(self, seq: Sequence, num_tokens: int) -> None:
+        self.bm.allocate(seq, seq.num_computed_tokens + num_tokens)
+        self.scheduled[seq.req_id] = ScheduledSeq(seq, num_tokens)
+        self.budget -= num_tokens
+
+    def preempt(self, victim: Sequence) -> None:
+        """Preempt by recompute: free the pages, back to waiting with all tokens still to compute."""
+        sched = self.scheduler
+        sched.running.remove(victim)
+        done = self.scheduled.pop(victim.req_id, None)
+        if done is not None:
+            self.budget += done.num_new_tokens
+        self.bm.free(victim)
+        victim.num_computed_tokens = 0
+        victim.status = SequenceStatus.WAITING
+        sched.waiting.append(victim)
+        sched.num_preemptions += 1
+        self.preempted.append(victim.req_id)
+
+    def grow_running(self, seq: Sequence) -> bool:
+        """Schedule a running sequence's next tokens, preempting from the back of the running list
+        (lowest priority, latest arrival) while pages are short; False if seq itself was preempted."""
+        n = min(seq.num_uncomputed_tokens, self.budget)
+        running = self.scheduler.running
+        while self.bm.num_new_pages_needed(seq, seq.num_computed_tokens + n) > self.bm.num_free_pages:
+            victim = running[-1]
+            self.preempt(victim)
+            if victim is seq:
+                return False
+            n = min(seq.num_uncomputed_tokens, self.budget)
+        self._schedule(seq, n)
+        return True
+
+    def admit(self, seq: Sequence, key: Callable[[Sequence], tuple[float, float]]) -> bool:
+        """Admit a waiting sequence (with its prefix-cache hit) if a slot and pages can be found,
+        preempting lower-priority running sequences if needed; False if it does not fit."""
+        sched, bm = self.scheduler, self.bm
+        if len(sched.running) >= sched.config.max_num_seqs and not self._preempt_lower(seq, key):
+            return False
+        page_ids, hashes = bm.match_prefix(seq.token_ids)
+        num_hit_tokens = len(page_ids) * bm.page_size
+        while True:
+            n = min(seq.num_tokens - num_hit_tokens, self.budget)
+            needed = bm.num_pages_for(num_hit_tokens + n) - len(page_ids) + bm.num_free_among(page_ids)
+            if needed <= bm.num_free_pages:
+                break
+            if not self._preempt_lower(seq, key):
+                return False
+        sched._admit(seq, page_ids, hashes)
+        self._schedule(seq, n)
+        return True
+
+    def _preempt_lower(self, seq: Sequence, key: Callable[[Sequence], tuple[float, float]]) -> bool:
+        """Preempt the lowest-priority, latest running sequence below seq both by priority and by
+        aged priority; False if there is none."""
+        victims = [s for s in self.scheduler.running if s.priority > seq.priority and key(s) > key(seq)]
+        if not victims:
+            return False
+        self.preempt(max(victims, key=lambda s: (s.priority, s.arrival_time)))
+        return True
