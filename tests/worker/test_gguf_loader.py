@@ -108,11 +108,24 @@ def test_weights_equal_transformers_gguf_dequantization(checkpoint: GGUFCheckpoi
         assert torch.equal(checkpoint.get_tensor(name), reference[name]), name
 
 
-def test_slice_is_a_slice_of_the_tensor(checkpoint: GGUFCheckpoint) -> None:
-    name = "model.layers.3.self_attn.k_proj.weight"
+@pytest.mark.parametrize(
+    ("name", "dim", "start", "stop"),
+    [
+        ("model.layers.3.self_attn.k_proj.weight", 0, 64, 128),  # one KV head (permuted rows)
+        ("model.layers.3.self_attn.q_proj.weight", 0, 192, 576),  # heads 3..8
+        ("model.layers.3.self_attn.q_proj.weight", 0, 10, 100),  # not head-aligned: read whole
+        ("model.layers.3.self_attn.k_proj.weight", 1, 10, 20),
+        ("model.embed_tokens.weight", 0, 24576, 49152),  # Q8_0
+        ("model.layers.0.mlp.down_proj.weight", 0, 0, 288),  # Q4_1
+        ("model.layers.0.input_layernorm.weight", 0, 100, 200),  # F32 vector
+    ],
+)
+def test_slice_is_a_slice_of_the_tensor(
+    checkpoint: GGUFCheckpoint, name: str, dim: int, start: int, stop: int
+) -> None:
     full = checkpoint.get_tensor(name)
-    assert torch.equal(checkpoint.get_slice(name, 0, 64, 128), full[64:128])
-    assert torch.equal(checkpoint.get_slice(name, 1, 10, 20), full[:, 10:20])
+    assert tuple(full.shape) == checkpoint.tensor_shape(name)
+    assert torch.equal(checkpoint.get_slice(name, dim, start, stop), full.narrow(dim, start, stop - start))
 
 
 def test_tiny_gguf_unpermutes_q_and_k(tmp_path: Path) -> None:

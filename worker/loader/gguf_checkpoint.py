@@ -95,23 +95,44 @@ class GGUFCheckpoint(BaseCheckpoint):
         return list(self._tensors)
 
     def get_tensor(self, name: str) -> torch.Tensor:
+        return self._read_rows(name, 0, self.tensor_shape(name)[0])
+
+    def get_slice(self, name: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) dequantize alone: each quantized block lies within one row.
+
+        Q/K rows were permuted within each head, so their slices must cover whole heads (TP shards do).
+        """
+        shape = self.tensor_shape(name)
+        head_dim = self.hf_config["head_dim"]
+        is_permuted = self._permuted_heads(name) is not None
+        if dim != 0 or len(shape) < 2 or (is_permuted and (start % head_dim or stop % head_dim)):
+            return super().get_slice(name, dim, start, stop)
+        return self._read_rows(name, start, stop)
+
+    def _permuted_heads(self, name: str) -> int | None:
+        return permuted_heads(
+            name, self.hf_config["num_attention_heads"], self.hf_config["num_key_value_heads"]
+        )
+
+    def _read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the HF-layout tensor (all of a 1-D one), float32."""
         t = self._tensors[name]
+        shape = self.tensor_shape(name)
+        raw = t.data if len(shape) < 2 else t.data[start:stop]  # [rows, bytes or values per row]
         try:
-            data = dequantize(t.data, t.tensor_type)
+            data = dequantize(raw, t.tensor_type)
         except NotImplementedError as exc:
             raise ModelLoadError(self.path, f"tensor {t.name}: {exc}") from None
         if t.tensor_type == GGMLQuantizationType.F32:
             data = np.array(data)  # dequantize returns a read-only view of the map for F32
-        # GGUF lists dims innermost first: [in_features, out_features] is an HF [out, in] matrix.
-        weight = data.reshape(tuple(int(d) for d in reversed(t.shape)))
-        num_heads = permuted_heads(
-            name, self.hf_config["num_attention_heads"], self.hf_config["num_key_value_heads"]
-        )
+        weight = data.reshape(shape if len(shape) < 2 else (stop - start, *shape[1:]))
+        num_heads = self._permuted_heads(name)
         if num_heads is not None:
-            weight = unpermute_rows(weight, num_heads)
+            weight = unpermute_rows(weight, num_heads * (stop - start) // shape[0])
         return torch.from_numpy(np.ascontiguousarray(weight))
 
     def tensor_shape(self, name: str) -> tuple[int, ...]:
+        # GGUF lists dims innermost first: [in_features, out_features] is an HF [out, in] matrix.
         return tuple(int(d) for d in reversed(self._tensors[name].shape))
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -72,12 +73,16 @@ class HFCheckpoint(BaseCheckpoint):
         if not os.path.isdir(directory):
             raise ModelLoadError(directory, "not a directory")
         super().__init__(directory, read_json(os.path.join(directory, CONFIG_FILE)))
-        self._weight_map = {
+        self._shards: dict[str, Any] = {}  # shard file name -> open safe_open handle
+
+    @cached_property
+    def _weight_map(self) -> dict[str, str]:
+        """Tensor name -> shard file; read on first use, so a bad config.json is reported first."""
+        return {
             name: shard
-            for name, shard in _weight_map(directory).items()
+            for name, shard in _weight_map(self.path).items()
             if not name.endswith(_SKIPPED_SUFFIXES)
         }
-        self._shards: dict[str, Any] = {}  # shard file name -> open safe_open handle
 
     def _shard_of(self, name: str) -> Any:
         shard = self._weight_map[name]
@@ -98,6 +103,12 @@ class HFCheckpoint(BaseCheckpoint):
     def get_tensor(self, name: str) -> torch.Tensor:
         try:
             return self._shard_of(name).get_tensor(name)
+        except SafetensorError as exc:
+            raise ModelLoadError(self._shard_path(name), f"tensor {name}: {exc}") from None
+
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        try:
+            return tuple(self._shard_of(name).get_slice(name).get_shape())
         except SafetensorError as exc:
             raise ModelLoadError(self._shard_path(name), f"tensor {name}: {exc}") from None
 

@@ -1,0 +1,103 @@
+"""The bundled SmolLM2 through busstop's engine, against transformers' own GGUF loading and Llama code.
+
+Tolerance: at every generated position, the log-probabilities busstop reports for its top-5 tokens
+are within 1e-3 of transformers' log_softmax of the same logits (observed: ~2e-5, float32 on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from worker.engine.config import EngineConfig
+from worker.engine.engine import Engine
+from worker.engine.outputs import TokenLogprobs
+from worker.engine.sampling_params import SamplingParams
+from worker.loader import LoadedModel, ModelSettings, load_model
+from worker.loader.default_model import default_gguf_path
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis in one sentence.",
+]
+MAX_NEW_TOKENS = 32
+LOGPROB_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """CI machines are small and shared: several spinning intra-op threads slow a 135M model down."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return load_model(ModelSettings(device="cpu", dtype="float32", max_model_len=2048))
+
+
+@pytest.fixture(scope="module")
+def reference() -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    path = default_gguf_path()
+    return AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+    ).eval()
+
+
+def run_greedy(loaded: LoadedModel, prompt_ids: list[int]) -> tuple[list[int], list[TokenLogprobs]]:
+    engine = Engine(loaded.model, EngineConfig(max_model_len=2048, num_pages=32), loaded.eos_token_ids)
+    engine.add_request("r", prompt_ids, SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0, logprobs=5))
+    token_ids: list[int] = []
+    logprobs: list[TokenLogprobs] = []
+    while engine.has_unfinished():
+        for out in engine.step():
+            token_ids += out.new_token_ids
+            logprobs += out.logprobs or []
+    return token_ids, logprobs
+
+
+def chat(loaded: LoadedModel, prompt: str) -> list[int]:
+    return loaded.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+
+
+def test_loaded_default(loaded: LoadedModel) -> None:
+    assert loaded.name == "smollm2"
+    assert loaded.eos_token_ids == (2,)  # <|im_end|>
+    assert loaded.tokenizer.decode([2], skip_special_tokens=False) == "<|im_end|>"
+    assert loaded.max_model_len == 2048
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_tokens_and_logprobs_match_transformers(
+    loaded: LoadedModel, reference: torch.nn.Module, prompt: str
+) -> None:
+    prompt_ids = chat(loaded, prompt)
+    token_ids, logprobs = run_greedy(loaded, prompt_ids)
+    with torch.no_grad():
+        expected = reference.generate(  # stops at <|im_end|>, as the engine does
+            torch.tensor([prompt_ids]),
+            max_new_tokens=MAX_NEW_TOKENS,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    assert token_ids == expected.sequences[0, len(prompt_ids) :].tolist()
+    assert len(logprobs) == len(expected.logits) == len(token_ids)
+    for step, (ours, theirs) in enumerate(zip(logprobs, expected.logits, strict=True)):
+        ref = torch.log_softmax(theirs[0].float(), dim=-1)  # [vocab]
+        assert [t for t, _ in ours.top] == ref.topk(5).indices.tolist(), step
+        for token_id, logprob in ours.top:
+            assert abs(logprob - ref[token_id].item()) <= LOGPROB_TOLERANCE, (step, token_id)
+
+
+def test_capital_of_france_is_paris(loaded: LoadedModel) -> None:
+    token_ids, _ = run_greedy(loaded, chat(loaded, "What is the capital of France?"))
+    assert "Paris" in loaded.tokenizer.decode(token_ids)
