@@ -51,7 +51,9 @@ async def test_blocking_read_wakes_on_a_new_message(redis: Redis) -> None:
     await asyncio.sleep(0.1)
     await put(redis, TrafficClass.BATCH, "late")
     taken = await reader
-    assert [(m.data, m.message.stream) for m in taken] == [("late", keys.request_stream(MODEL, TrafficClass.BATCH))]
+    assert [(m.data, m.message.stream) for m in taken] == [
+        ("late", keys.request_stream(MODEL, TrafficClass.BATCH))
+    ]
 
 
 async def test_a_dead_workers_messages_are_reclaimed_and_held_ones_are_not(redis: Redis) -> None:

@@ -1,4 +1,4 @@
-"""One pipelined write per step: events in order, TTLs, acks only after the final event; resume reads it back."""
+"""One pipelined write per step: events in order, TTLs, acks after the final event; resume reads it back."""
 
 from __future__ import annotations
 
@@ -66,7 +66,12 @@ async def test_resume_state_continues_after_the_last_event(redis: Redis) -> None
     await batch.write(redis)
 
     state = await read_resume_state(redis, "r")
-    assert (state.next_seq, state.output_token_ids, state.is_finished, state.was_accepted) == (3, [10, 11, 12], False, True)
+    assert (state.next_seq, state.output_token_ids, state.is_finished, state.was_accepted) == (
+        3,
+        [10, 11, 12],
+        False,
+        True,
+    )
 
 
 async def test_resume_state_of_a_finished_or_unknown_request(redis: Redis) -> None:

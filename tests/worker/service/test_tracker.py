@@ -1,4 +1,4 @@
-"""Engine reports -> reply events, with the real SmolLM2 tokenizer: text deltas, stop strings, resume, usage."""
+"""Engine reports -> reply events, with the real SmolLM2 tokenizer: deltas, stop strings, resume, usage."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def tokenizer() -> Tokenizer:
     return load_tokenizer(resolve_path("default"))
 
 
-def prepared(tokenizer: Tokenizer, req_id: str = "r", stop: tuple[str, ...] = (), logprobs: int | None = None):
+def prepared(
+    tokenizer: Tokenizer, req_id: str = "r", stop: tuple[str, ...] = (), logprobs: int | None = None
+):
     ids = tokenizer.encode("Once upon a time")
     return PreparedRequest(req_id, ids, SamplingParams(max_tokens=50, logprobs=logprobs), 0, 0.0, stop)
 
@@ -44,7 +46,9 @@ def test_a_request_streams_accepted_deltas_and_done_with_usage(tokenizer: Tokeni
     kinds = [(e.seq, e.kind) for _, e in batch.events]
     assert kinds == [(0, ReplyKind.ACCEPTED), (1, ReplyKind.DELTA), (2, ReplyKind.DELTA), (3, ReplyKind.DONE)]
     accepted, done = batch.events[0][1], batch.events[-1][1]
-    assert accepted.worker_id == "w1" and accepted.usage.prompt_tokens == len(tokenizer.encode("Once upon a time"))
+    assert accepted.worker_id == "w1" and accepted.usage.prompt_tokens == len(
+        tokenizer.encode("Once upon a time")
+    )
     assert "".join(e.text for _, e in batch.events) == tokenizer.decode(text_ids)
     assert done.finish_reason == "stop"
     assert (done.usage.completion_tokens, done.usage.cached_tokens) == (len(text_ids) + 1, 3)
@@ -55,7 +59,9 @@ def test_a_stop_string_ends_the_text_before_it_and_asks_for_an_abort(tokenizer: 
     tracker = RequestTracker("w1", tokenizer)
     tracker.start(prepared(tokenizer, stop=("cat",)), MESSAGE, ResumeState())
     batch = ReplyBatch()
-    to_abort = tracker.apply(EngineReport(outputs=[output("r", tokenizer.encode(" there was a cat who"))]), batch)
+    to_abort = tracker.apply(
+        EngineReport(outputs=[output("r", tokenizer.encode(" there was a cat who"))]), batch
+    )
     assert to_abort == ["r"]
     delta, done = (e for _, e in batch.events)
     assert delta.text == " there was a "
@@ -80,7 +86,9 @@ def test_a_cancelled_request_finishes_with_abort(tokenizer: Tokenizer) -> None:
 def test_a_resumed_request_continues_seq_and_text_without_repeating(tokenizer: Tokenizer) -> None:
     ids = tokenizer.encode(" there was a cat")
     tracker = RequestTracker("w2", tokenizer)
-    tracker.start(prepared(tokenizer), MESSAGE, ResumeState(next_seq=3, output_token_ids=ids[:2], was_accepted=True))
+    tracker.start(
+        prepared(tokenizer), MESSAGE, ResumeState(next_seq=3, output_token_ids=ids[:2], was_accepted=True)
+    )
     batch = ReplyBatch()
     tracker.apply(EngineReport(admitted=["r"], outputs=[output("r", ids[2:], "length")]), batch)
     accepted, delta, done = (e for _, e in batch.events)

@@ -1,0 +1,119 @@
+"""The worker service in-process, on a tiny random Llama and a real Redis: pull only what fits, drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import transformers
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.messages import DATA_FIELD, GenerateRequest, SamplingOptions, TrafficClass, WorkerHeartbeat
+from tests.worker.tiny_llama import make_engine, make_hf_model
+from worker.loader.load import load_tokenizer, resolve_path
+from worker.service.service import WorkerService
+from worker.service.settings import WorkerSettings
+from worker.tokenizer import Tokenizer
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def hf_model() -> transformers.PreTrainedModel:
+    return make_hf_model()
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return load_tokenizer(resolve_path("default"))  # ids below 256 decode to text: enough for a tiny model
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def make_service(
+    redis: Redis, redis_url: str, hf_model, tokenizer: Tokenizer, grace_period_s: float
+) -> WorkerService:
+    settings = WorkerSettings(
+        redis_url=redis_url,
+        worker_id="w-test",
+        heartbeat_interval_s=0.2,
+        heartbeat_ttl_s=2,
+        reclaim_min_idle_ms=60_000,
+        grace_period_s=grace_period_s,
+    )
+    engine = make_engine(hf_model, max_num_seqs=2)
+    return WorkerService(settings, redis, MODEL, engine, tokenizer, max_model_len=256, vocab_size=256)
+
+
+async def put_requests(redis: Redis, n: int, max_tokens: int) -> None:
+    for i in range(n):
+        req = GenerateRequest(
+            req_id=f"r{i}",
+            model=MODEL,
+            traffic_class=TrafficClass.BATCH,
+            prompt_token_ids=[1 + i, 2, 3, 4],
+            sampling=SamplingOptions(max_tokens=max_tokens, ignore_eos=True),
+        )
+        await redis.xadd(keys.request_stream(MODEL, TrafficClass.BATCH), {DATA_FIELD: req.model_dump_json()})
+
+
+async def pending(redis: Redis, stream: str) -> int:
+    return int((await redis.xpending(stream, keys.WORKER_GROUP))["pending"])
+
+
+async def unread(redis: Redis, stream: str) -> int:
+    """Messages no worker has taken yet (after the group's last delivered id)."""
+    (group,) = await redis.xinfo_groups(stream)
+    last = tuple(int(part) for part in group["last-delivered-id"].split("-"))
+    ids = [tuple(int(part) for part in entry_id.split("-")) for entry_id, _ in await redis.xrange(stream)]
+    return sum(1 for i in ids if i > last)
+
+
+async def heartbeat(redis: Redis) -> WorkerHeartbeat | None:
+    value = await redis.get(keys.worker_key(MODEL, "w-test"))
+    return WorkerHeartbeat.model_validate_json(value) if value else None
+
+
+async def test_a_full_worker_leaves_work_in_redis_and_a_stop_leaves_it_pending(
+    redis: Redis, redis_url: str, hf_model, tokenizer: Tokenizer
+) -> None:
+    service = make_service(redis, redis_url, hf_model, tokenizer, grace_period_s=0.0)
+    await put_requests(redis, 6, max_tokens=200)
+    run = asyncio.create_task(service.run())
+    while (beat := await heartbeat(redis)) is None or beat.num_running < 2:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # a few more intake rounds: nothing more may be taken
+
+    stream = keys.request_stream(MODEL, TrafficClass.BATCH)
+    assert (await pending(redis, stream), await unread(redis, stream)) == (2, 4)  # the engine admits 2
+    assert beat.num_waiting == 0
+
+    service.stop()
+    await asyncio.wait_for(run, 30)
+    assert await pending(redis, stream) == 2  # unfinished at the end of the grace period: not acknowledged
+    assert await heartbeat(redis) is None
+
+
+async def test_a_stop_lets_running_requests_finish_within_the_grace_period(
+    redis: Redis, redis_url: str, hf_model, tokenizer: Tokenizer
+) -> None:
+    service = make_service(redis, redis_url, hf_model, tokenizer, grace_period_s=60.0)
+    await put_requests(redis, 2, max_tokens=20)
+    run = asyncio.create_task(service.run())
+    while await redis.exists(keys.reply_stream("r0"), keys.reply_stream("r1")) != 2:
+        await asyncio.sleep(0.05)
+    service.stop()
+    await asyncio.wait_for(run, 60)
+
+    assert await pending(redis, keys.request_stream(MODEL, TrafficClass.BATCH)) == 0
+    for req_id in ("r0", "r1"):
+        entries = await redis.xrange(keys.reply_stream(req_id))
+        last = entries[-1][1][DATA_FIELD]
+        assert '"kind":"done"' in last and '"completion_tokens":20' in last
