@@ -21,15 +21,22 @@ from worker.engine.config import EngineConfig
 from worker.engine.engine import Engine
 from worker.engine.kv_cache import page_bytes
 from worker.loader import LoadedModel, ModelSettings, get_model_settings, load_model
+from worker.model.parallel import SINGLE, ParallelContext
+from worker.parallel.serving import start_tensor_parallel
+from worker.parallel.settings import ParallelSettings, parallel_settings
 from worker.service.service import WorkerService
 from worker.service.settings import WorkerSettings, get_worker_settings
 
 log = logging.getLogger("worker")
 
 
-def build_engine(settings: ModelSettings) -> tuple[Engine, LoadedModel, int]:
-    """Load the model and build its engine; returns (engine, loaded model, max_model_len served)."""
-    loaded = load_model(settings)
+def build_engine(
+    settings: ModelSettings, parallel: ParallelContext = SINGLE
+) -> tuple[Engine, LoadedModel, int]:
+    """Load the model (rank 0's shard under TP) and build its engine.
+
+    Returns (engine, loaded model, max_model_len served)."""
+    loaded = load_model(settings, parallel)
     page_size = EngineConfig.page_size
     dtype = settings.torch_dtype()
     num_pages = settings.kv_cache_bytes // page_bytes(
@@ -59,8 +66,14 @@ def build_engine(settings: ModelSettings) -> tuple[Engine, LoadedModel, int]:
     return Engine(loaded.model, config, loaded.eos_token_ids), loaded, max_model_len
 
 
-async def serve(settings: WorkerSettings, model_settings: ModelSettings) -> int:
-    engine, loaded, max_model_len = await asyncio.to_thread(build_engine, model_settings)
+async def serve(
+    settings: WorkerSettings, model_settings: ModelSettings, parallel: ParallelSettings | None = None
+) -> int:
+    # A TP worker: ranks 1..N-1 start first; a rank that dies later ends this process (exit 1).
+    group = await asyncio.to_thread(start_tensor_parallel, model_settings, parallel or ParallelSettings())
+    engine, loaded, max_model_len = await asyncio.to_thread(
+        build_engine, model_settings, group.parallel if group else SINGLE
+    )
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     service = WorkerService(
         settings,
@@ -82,6 +95,8 @@ async def serve(settings: WorkerSettings, model_settings: ModelSettings) -> int:
         for sig in signals:
             loop.remove_signal_handler(sig)
         await redis.aclose()
+        if group is not None:
+            await asyncio.to_thread(group.close)
     return 1 if service.failed else 0
 
 
@@ -90,7 +105,7 @@ def main() -> int:
     configure_logging()  # BUSSTOP_LOG_LEVEL, BUSSTOP_LOG_FORMAT
     setup_tracing("busstop-worker")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     start_metrics_server(settings.metrics_port)
-    return asyncio.run(serve(settings, get_model_settings()))
+    return asyncio.run(serve(settings, get_model_settings(), parallel_settings(sys.argv[1:])))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import signal
 import sys
 import threading
 import time
@@ -40,6 +41,10 @@ def _rank_entry(target: Callable[..., Any], rank: int, args: tuple[Any, ...], pa
         os._exit(1)  # rank 0 is gone: nothing can drive this rank any more
 
     threading.Thread(target=watch_parent, name="watch-rank0", daemon=True).start()
+    # Rank 0 decides when the group stops (Ctrl-C reaches the whole process group; it must not
+    # kill a rank in the middle of a collective while rank 0 drains).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         target(rank, *args)
     except BaseException:
