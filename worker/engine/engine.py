@@ -28,9 +28,7 @@ def _make_backend(config: EngineConfig, model: LlamaForCausalLM, device: torch.d
     if resolve_backend_name(config.attention_backend, device) == "flashinfer":
         from worker.engine.attention.flashinfer_backend import FlashInferAttentionBackend
 
-        attn = model.model.layers[0].self_attn
-        return FlashInferAttentionBackend(attn.num_heads, attn.num_kv_heads, attn.head_dim, config.dtype,
-                                          device)
+        return FlashInferAttentionBackend(*model.attention_shape, config.dtype, device)
     return TorchAttentionBackend()
 
 

@@ -7,6 +7,7 @@ which token belongs to which sequence is known only to the attention backend's m
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -103,8 +104,14 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @property
+    def attention_shape(self) -> tuple[int, int, int]:
+        """(query heads, KV heads, head_dim) of this rank's attention layers."""
+        attn = cast(LlamaAttention, self.model.layers[0].self_attn)
+        return attn.num_heads, attn.num_kv_heads, attn.head_dim
+
+    @property
     def num_kv_heads_per_rank(self) -> int:
-        return self.model.layers[0].self_attn.num_kv_heads
+        return self.attention_shape[1]
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: PagedAttention,
@@ -155,7 +162,7 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError(f"missing weights: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
 
     def _expected_weight_names(self) -> set[str]:
-        names = set()
+        names: set[str] = set()
         for name in dict(self.named_parameters(remove_duplicate=False)):
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue
