@@ -2,8 +2,9 @@
 
 The step's sequences arrive decodes first: the decode wrapper serves those (one query each), the
 prefill wrapper the prompt chunks with FlashInfer's causal mask, which is bottom-right aligned like
-the torch backend's. Both are planned once per step with host-side indptrs (no device sync) and run
-once per layer. New K/V are written with the same slot mapping the torch backend uses.
+the torch backend's. Both are planned once per step from host-side indptrs and last-page lengths
+(no device sync) and run once per layer. New K/V are written with the same slot mapping the torch
+backend uses.
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ class FlashInferAttentionBackend:
         num_pages = [-(-kv // ps) for kv in metadata.kv_lens]
         kv_indptr = [0, *itertools.accumulate(num_pages)]
         qo_indptr = [0, *itertools.accumulate(metadata.q_lens)]
+        last_page_len = torch.tensor(
+            [kv - (n - 1) * ps for kv, n in zip(metadata.kv_lens, num_pages, strict=True)], dtype=torch.int32)
         common = dict(num_qo_heads=self.num_heads, num_kv_heads=self.num_kv_heads, page_size=ps,
                       q_data_type=self.dtype, kv_data_type=self.dtype)
         if nd:
             self._decode.plan(
                 indptr=torch.tensor(kv_indptr[: nd + 1], dtype=torch.int32),
                 indices=metadata.kv_indices[: kv_indptr[nd]],
-                last_page_len=metadata.kv_last_page_len[:nd],
+                last_page_len=last_page_len[:nd],
                 head_dim=self.head_dim,
                 **common,
             )
@@ -55,7 +58,7 @@ class FlashInferAttentionBackend:
                 qo_indptr=torch.tensor([q - qo_indptr[nd] for q in qo_indptr[nd:]], dtype=torch.int32),
                 paged_kv_indptr=torch.tensor([k - kv_indptr[nd] for k in kv_indptr[nd:]], dtype=torch.int32),
                 paged_kv_indices=metadata.kv_indices[kv_indptr[nd]:],
-                paged_kv_last_page_len=metadata.kv_last_page_len[nd:],
+                paged_kv_last_page_len=last_page_len[nd:],
                 head_dim_qk=self.head_dim,
                 causal=True,
                 **common,
