@@ -164,3 +164,16 @@ def test_killing_one_rank_ends_the_group() -> None:
         if rank0.is_alive():
             rank0.kill()
             rank0.join()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL TP=2 needs two GPUs")
+def test_nccl_tp2_matches_tp1_on_cuda() -> None:
+    """The same check over NCCL, one GPU per rank."""
+    make_model = functools.partial(tiny_model, num_heads=4, num_kv_heads=2)
+    config = EngineConfig(page_size=16, num_pages=64, max_model_len=128, device="cuda")
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    batch = prompts(4, 251)
+    expected = run_engine(Engine(make_model(SINGLE), config, ()), batch, params)
+    got = run_tp(2, make_model, config, batch, params)
+    assert {k: tokens(v) for k, v in got.items()} == {k: tokens(v) for k, v in expected.items()}
