@@ -201,10 +201,6 @@ function formatMeta({ ttftMs, tokens, decodeS, exact, stopped, finishReason }) {
 
 async function ask(question) {
   const model = els.model.value;
-  if (!model) {
-    setStatus("Pick a model first (is the API key right?).");
-    return;
-  }
   const options = readOptions();
   state.messages.push({ role: "user", content: question });
   saveConversation();
@@ -313,6 +309,11 @@ async function ask(question) {
 function submitPrompt() {
   const question = els.prompt.value.trim();
   if (!question || state.controller) return;
+  if (!els.model.value) {
+    setStatus(els.apiKey.value ? "No model to ask: is the API key right?" : "Enter an API key first.");
+    els.apiKey.focus();
+    return;
+  }
   els.prompt.value = "";
   autosize();
   ask(question);
