@@ -124,3 +124,14 @@ def test_partial_stop_is_held_until_it_fails_or_the_end(tokenizer: Tokenizer) ->
     assert detok.push(tokenizer.encode("to Par")) == "to "
     assert detok.flush() == "Par"  # the sequence ended: the held text was never a stop string
     assert not detok.finished_by_stop
+
+
+def test_chat_template_from_gguf_metadata(tokenizer: Tokenizer) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    assert tokenizer.render_chat(messages) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    ids = tokenizer.apply_chat_template(messages)
+    assert ids[0] == 1 and ids[-4:] == tokenizer.encode("<|im_start|>assistant\n")
+    assert tokenizer.decode(ids, skip_special_tokens=False) == tokenizer.render_chat(messages)

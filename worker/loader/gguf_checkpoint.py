@@ -88,8 +88,6 @@ class GGUFCheckpoint(BaseCheckpoint):
             except ValueError as exc:
                 raise ModelLoadError(path, str(exc)) from None
         super().__init__(path, _hf_config(reader, path, {t.name for t in reader.tensors}))
-        self.chat_template: str | None = _field(reader, "tokenizer.chat_template")
-        self._reader: GGUFReader | None = reader
 
     def tensor_names(self) -> list[str]:
         return list(self._tensors)
@@ -136,5 +134,4 @@ class GGUFCheckpoint(BaseCheckpoint):
         return tuple(int(d) for d in reversed(self._tensors[name].shape))
 
     def close(self) -> None:
-        self._tensors = {}
-        self._reader = None
+        self._tensors = {}  # the tensors hold the file's memory map
