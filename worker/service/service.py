@@ -13,14 +13,11 @@ import logging
 import time
 from typing import Any
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import keys
 from shared.messages import (
-    DATA_FIELD,
-    CancelRequest,
     ErrorInfo,
     ReplyEvent,
     ReplyKind,
@@ -29,6 +26,7 @@ from shared.messages import (
 )
 from shared.telemetry.worker_metrics import WorkerMetrics
 from worker.service import intake
+from worker.service.control import read_cancels
 from worker.service.engine_loop import AbortCommand, AddCommand, EngineLoop, EngineReport
 from worker.service.prepare import PreparedRequest, RequestError, parse_request, prepare_request, req_id_of
 from worker.service.replies import ReplyBatch
@@ -89,12 +87,11 @@ class WorkerService:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await intake.ensure_groups(self._redis, self.model_name)
-        await self._heartbeat_once()
+        await self._register()
         self._engine_loop.start()
         replies = asyncio.create_task(self._reply_loop(), name="replies")
         background = [
-            asyncio.create_task(self._control_loop(), name="control"),
+            asyncio.create_task(read_cancels(self._redis, self.worker_id, self._cancel), name="control"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
         log.info("worker %s serving %s", self.worker_id, self.model_name)
@@ -108,8 +105,24 @@ class WorkerService:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._redis.delete(keys.worker_key(self.model_name, self.worker_id))
+            with contextlib.suppress(RedisConnectionError, TimeoutError):
+                await self._redis.delete(
+                    keys.worker_key(self.model_name, self.worker_id), keys.control_stream(self.worker_id)
+                )
         log.info("worker %s stopped", self.worker_id)
+
+    async def _register(self) -> None:
+        """Create the consumer groups and announce this worker; waits for Redis if it is not up yet."""
+        while True:
+            try:
+                await intake.ensure_groups(self._redis, self.model_name)
+                await self._heartbeat_once()
+                return
+            except (RedisConnectionError, TimeoutError) as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("waiting for Redis: %s", exc)
+                await asyncio.sleep(1.0)
 
     # --- intake -------------------------------------------------------------------------------------
 
@@ -234,28 +247,9 @@ class WorkerService:
                 await asyncio.sleep(0.2 * 2**attempt)
         log.error("dropped %d reply events; their requests will be reclaimed", len(batch.events))
 
-    # --- control ------------------------------------------------------------------------------------
-
-    async def _control_loop(self) -> None:
-        stream = keys.control_stream(self.worker_id)
-        last_id = "$"
-        while True:
-            try:
-                reply: Any = await self._redis.xread({stream: last_id}, count=100, block=1000)
-            except (RedisConnectionError, TimeoutError) as exc:
-                log.warning("control: Redis unavailable (%s); retrying", exc)
-                await asyncio.sleep(1.0)
-                continue
-            for _name, entries in reply or []:
-                for entry_id, fields in entries:
-                    last_id = entry_id
-                    try:
-                        cancel = CancelRequest.model_validate_json(fields.get(DATA_FIELD, ""))
-                    except ValidationError:
-                        log.warning("ignoring bad control message %s", entry_id)
-                        continue
-                    if self._tracker.cancel(cancel.req_id):
-                        self._engine_loop.submit(AbortCommand(cancel.req_id))
+    def _cancel(self, req_id: str) -> None:
+        if self._tracker.cancel(req_id):
+            self._engine_loop.submit(AbortCommand(req_id))
 
     # --- heartbeat and shutdown ---------------------------------------------------------------------
 
