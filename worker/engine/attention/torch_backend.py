@@ -1,9 +1,12 @@
 """Paged attention in plain PyTorch, on any device, from the same metadata FlashInfer reads.
 
 Decodes (one query each) are batched: their pages are gathered into a padded [num_decodes, max_kv]
-view and run through one scaled_dot_product_attention call with a length mask. Each prefill chunk
-gathers its own pages and uses a bottom-right-aligned causal mask (query j of a chunk of q_len
-attends to KV positions <= kv_len - q_len + j), which is FlashInfer's causal semantics.
+view and attended with two batched matmuls, the query heads of each KV head grouped together (no
+K/V copies per query head) and a length mask; the softmax runs in float32. On CPU this is several
+times faster than scaled_dot_product_attention with a mask, which falls back to its slow path
+(especially in bf16). Each prefill chunk gathers its own pages and runs scaled_dot_product_attention
+(memory-efficient for long chunks) with a bottom-right-aligned causal mask (query j of a chunk of
+q_len attends to KV positions <= kv_len - q_len + j), which is FlashInfer's causal semantics.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ class TorchAttentionBackend:
     def __init__(self) -> None:
         self._metadata: AttentionMetadata | None = None
         self._decode_page_table: torch.Tensor | None = None  # [num_decodes, max_pages], int64
-        self._decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_pages * page_size], bool
+        # [num_decodes, 1, 1, max_pages * page_size], bool, True = padding (not attended)
+        self._decode_padding: torch.Tensor | None = None
         self._prefills: list[_PrefillPlan] = []
 
     def plan(self, metadata: AttentionMetadata) -> None:
@@ -43,7 +47,7 @@ class TorchAttentionBackend:
             kv_starts.append(kv_starts[-1] + n)
         indices = metadata.kv_indices.long()
         nd = metadata.num_decode_seqs
-        self._decode_page_table = self._decode_mask = None
+        self._decode_page_table = self._decode_padding = None
         if nd:
             max_pages = max(num_pages[:nd])
             cols = torch.arange(max_pages, device=device)
@@ -53,7 +57,7 @@ class TorchAttentionBackend:
             self._decode_page_table = torch.where(cols[None, :] < counts[:, None], indices[gather], 0)
             kv_lens = torch.tensor(metadata.kv_lens[:nd], device=device)
             slots = torch.arange(max_pages * ps, device=device)
-            self._decode_mask = (slots[None, :] < kv_lens[:, None])[:, None, None, :]
+            self._decode_padding = (slots[None, :] >= kv_lens[:, None])[:, None, None, :]
         self._prefills = []
         q_start = nd
         for i in range(nd, metadata.num_seqs):
@@ -79,13 +83,8 @@ class TorchAttentionBackend:
         v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, md.slot_mapping, v)
         out = torch.empty_like(q)
         nd = md.num_decode_seqs
-        if self._decode_page_table is not None:
-            table = self._decode_page_table
-            kd = k_cache[table].flatten(1, 2).transpose(1, 2)  # [nd, num_kv_heads, max_kv, head_dim]
-            vd = v_cache[table].flatten(1, 2).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q[:nd].unsqueeze(2), kd, vd, attn_mask=self._decode_mask,
-                                               enable_gqa=True)  # [nd, num_heads, 1, head_dim]
-            out[:nd] = o.squeeze(2)
+        if self._decode_page_table is not None and self._decode_padding is not None:
+            out[:nd] = self._decode(q[:nd], k_cache, v_cache, self._decode_page_table, self._decode_padding)
         for p in self._prefills:
             # [num_kv_heads, kv_len, head_dim]
             kp = k_cache[p.page_ids].flatten(0, 1)[: p.kv_len].transpose(0, 1)
@@ -95,3 +94,17 @@ class TorchAttentionBackend:
                                                enable_gqa=True)
             out[p.q_start:p.q_end] = o.transpose(0, 1)
         return out
+
+    @staticmethod
+    def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, page_table: torch.Tensor,
+                padding: torch.Tensor) -> torch.Tensor:
+        """q [nd, num_heads, head_dim] -> [nd, num_heads, head_dim]; one query per sequence."""
+        nd, num_heads, head_dim = q.shape
+        num_kv_heads = k_cache.shape[2]
+        kd = k_cache[page_table].flatten(1, 2).transpose(1, 2)  # [nd, num_kv_heads, max_kv, head_dim]
+        vd = v_cache[page_table].flatten(1, 2).transpose(1, 2)
+        qg = q.view(nd, num_kv_heads, num_heads // num_kv_heads, head_dim)  # query heads grouped by KV head
+        # [nd, num_kv_heads, group, max_kv], float32
+        scores = torch.matmul(qg, kd.transpose(2, 3)).float() * head_dim**-0.5
+        probs = scores.masked_fill_(padding, float("-inf")).softmax(-1).to(q.dtype)
+        return torch.matmul(probs, vd).view(nd, num_heads, head_dim)
