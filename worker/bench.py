@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="time cap for the no-kv mode (it flatters no-kv: its later steps are slower)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads:
@@ -126,12 +127,13 @@ def main(argv: list[str] | None = None) -> None:
         loaded = load_model(ModelSettings(path=args.model))
         model, name = loaded.model, loaded.name
     config = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=1024, device=args.device,
-                          max_num_batched_tokens=4096, enable_prefix_caching=False)
+                          dtype=getattr(torch, args.dtype), max_num_batched_tokens=4096,
+                          enable_prefix_caching=False)
     workload = make_workload(args.num_requests, model.config.vocab_size, tuple(args.prompt_len),
                              tuple(args.output_len), args.seed)
     print(f"model: {name}; {len(workload)} requests, prompts {args.prompt_len[0]}-{args.prompt_len[1]}, "
           f"outputs {args.output_len[0]}-{args.output_len[1]} tokens; max_num_seqs {args.max_num_seqs}; "
-          f"{torch.get_num_threads()} threads; device {args.device}")
+          f"{torch.get_num_threads()} threads; {args.device}, {args.dtype}")
     run(Engine(model, config, ()), workload[:2], "continuous", float("inf"))  # warm-up
 
     results = {}
