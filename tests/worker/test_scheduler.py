@@ -168,3 +168,13 @@ def test_waiting_interactive_prompt_goes_before_a_running_batch_prompts_next_chu
     out = sched.schedule()
     assert plan(out) == {"chat": 6, "batch": 2}
     assert out.preempted_req_ids == []
+
+
+def test_a_batch_prompt_chunk_never_preempts_a_just_admitted_interactive_request() -> None:
+    sched, _, _ = make(num_pages=4, page_size=4, max_num_batched_tokens=8, enable_prefix_caching=False)
+    sched.add(seq("batch", 20, priority=2, arrival=99.0))
+    advance(sched, sched.schedule())  # 8 tokens, 2 pages
+    sched.add(seq("chat", 6, priority=0, arrival=100.0))
+    out = sched.schedule()  # chat takes the last 2 pages; batch's next chunk must wait, not evict chat
+    assert plan(out) == {"chat": 6}
+    assert "chat" not in out.preempted_req_ids

@@ -169,12 +169,12 @@ class _Step:
         self.preempted.append(victim.req_id)
 
     def grow_running(self, seq: Sequence) -> bool:
-        """Schedule a running sequence's next tokens, preempting from the back of the running list
-        (lowest priority, latest arrival) while pages are short; False if seq itself was preempted."""
+        """Schedule a running sequence's next tokens, preempting the lowest-priority, latest running
+        sequence while pages are short; False if that was seq itself."""
         n = min(seq.num_uncomputed_tokens, self.budget)
         running = self.scheduler.running
         while self.bm.num_new_pages_needed(seq, seq.num_computed_tokens + n) > self.bm.num_free_pages:
-            victim = running[-1]
+            victim = max(running, key=lambda s: (s.priority, s.arrival_time))
             self.preempt(victim)
             if victim is seq:
                 return False
