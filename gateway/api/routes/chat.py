@@ -1,0 +1,37 @@
+"""POST /v1/chat/completions"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request, Response
+
+from gateway.api.deps import ApiKeyDep, StateDep
+from gateway.protocol.requests import ChatCompletionRequest
+from gateway.serving.formats import ChatFormat
+from gateway.serving.respond import respond
+from gateway.serving.submit import max_model_len, new_req_id, start_generation
+
+router = APIRouter(tags=["openai"])
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(
+    body: ChatCompletionRequest, http: Request, principal: ApiKeyDep, state: StateDep
+) -> Response:
+    # Without max_tokens a chat completion may run to the end of the context window (the worker
+    # clamps to what the prompt leaves).
+    window = await max_model_len(state, body.model)
+    req_id = new_req_id()
+    generation, accepted, lease = await start_generation(
+        state,
+        http,
+        principal,
+        req_id,
+        body.model,
+        body.sampling(window),
+        body.priority,
+        messages=body.chat_messages(),
+    )
+    fmt = ChatFormat(f"chatcmpl-{req_id}", int(time.time()), body.model, include_usage=body.include_usage)
+    return await respond(http, generation, accepted, fmt, lease, body.stream, body.include_usage)

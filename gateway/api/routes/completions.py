@@ -1,0 +1,36 @@
+"""POST /v1/completions (legacy text completions)"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request, Response
+
+from gateway.api.deps import ApiKeyDep, StateDep
+from gateway.protocol.requests import CompletionRequest
+from gateway.serving.formats import CompletionFormat
+from gateway.serving.respond import respond
+from gateway.serving.submit import max_model_len, new_req_id, start_generation
+
+router = APIRouter(tags=["openai"])
+
+
+@router.post("/v1/completions")
+async def create_completion(
+    body: CompletionRequest, http: Request, principal: ApiKeyDep, state: StateDep
+) -> Response:
+    await max_model_len(state, body.model)  # 404 / 503 before anything is queued
+    req_id = new_req_id()
+    generation, accepted, lease = await start_generation(
+        state,
+        http,
+        principal,
+        req_id,
+        body.model,
+        body.sampling(state.settings.default_completion_max_tokens),
+        body.priority,
+        prompt=body.prompt_text(),
+        prompt_token_ids=body.prompt_token_ids(),
+    )
+    fmt = CompletionFormat(f"cmpl-{req_id}", int(time.time()), body.model, include_usage=body.include_usage)
+    return await respond(http, generation, accepted, fmt, lease, body.stream, body.include_usage)

@@ -1,0 +1,70 @@
+"""The gateway's settings, read from ``BUSSTOP_*`` environment variables (or a ``.env`` file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BUSSTOP_", env_file=".env", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Seconds to wait for Redis to accept a connection or answer a command before answering 503.
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+
+    # API keys: a YAML or JSON file of sha256 hashes (see gateway/core/auth.py). Without one, a single
+    # development key from BUSSTOP_DEV_API_KEY is accepted (tenant "dev", public traffic).
+    keys_file: Path | None = None
+    dev_api_key: SecretStr | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    # Served model names that exist even while none of their workers is up: a request for one of
+    # them waits for a worker (then 503) instead of answering 404. /ready requires a live worker for
+    # each; when empty, /ready requires at least one live worker of any model.
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # comma-separated in the env
+
+    # How long a request for a known model waits for a live worker before answering 503.
+    worker_wait_s: float = Field(default=5.0, ge=0)
+    # How long a submitted request may stay unaccepted (queued behind others) before 503.
+    queue_timeout_s: float = Field(default=600.0, gt=0)
+    # After acceptance: the longest silence on a reply stream before the request fails with 504.
+    # Longer than a worker's reclaim delay, so a request resumed by another worker is waited for.
+    reply_idle_timeout_s: float = Field(default=120.0, gt=0)
+    # One blocking XREAD waits at most this long; between reads the gateway checks worker liveness
+    # and client disconnects.
+    read_block_ms: int = Field(default=1000, ge=10)
+    # How often the cached set of live workers is refreshed from their heartbeat keys.
+    worker_refresh_s: float = Field(default=1.0, gt=0)
+
+    # max_tokens when a legacy completion request has none (OpenAI's default). Chat requests without
+    # one run to the end of the context window, as OpenAI and vLLM do.
+    default_completion_max_tokens: int = Field(default=16, ge=1)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewaySettings:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"redis_url must be a redis://, rediss:// or unix:// URL, got {self.redis_url!r}"
+            )
+        if self.keys_file is not None and not self.keys_file.is_file():
+            raise ValueError(f"keys_file {self.keys_file} does not exist")
+        return self
+
+
+@lru_cache
+def get_settings() -> GatewaySettings:
+    return GatewaySettings()

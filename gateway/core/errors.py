@@ -1,0 +1,137 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}`` for every failure.
+
+FastAPI's own answers (validation 422, unknown route 404, method 405) and unexpected exceptions are
+rewritten into the same shape; request validation problems answer 400, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.messages import ErrorInfo
+
+logger = logging.getLogger(__name__)
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+
+class OpenAIError(Exception):
+    """An error the client gets as ``status`` with an OpenAI-shaped body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPE_BY_STATUS.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    @classmethod
+    def from_info(cls, info: ErrorInfo) -> OpenAIError:
+        return cls(info.status, info.message, type=info.type, param=info.param, code=info.code)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def redis_unavailable(exc: Exception) -> OpenAIError:
+    return OpenAIError(503, f"the request queue (Redis) is unreachable: {exc}", code="redis_unavailable")
+
+
+def _param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p != "body"]
+    if not parts:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out += f"[{p}]" if p.isdigit() else f".{p}"
+    return out
+
+
+def _msg(error: Any) -> str:
+    return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
+def validation_error(exc: RequestValidationError) -> OpenAIError:
+    errors = exc.errors()
+    if not errors:
+        return OpenAIError(400, "invalid request")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return OpenAIError(400, "the request body is not valid JSON", code="invalid_json")
+    loc = tuple(first.get("loc", ()))
+    param = _param(loc)
+    if loc == ("body",) or param is None:
+        return OpenAIError(400, f"invalid request body: {_msg(first)}")
+    message = f"{param}: {_msg(first)}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return OpenAIError(400, message, param=param, code="invalid_value")
+
+
+async def _openai_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OpenAIError)
+    return exc.response()
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return validation_error(exc).response()
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers) if exc.headers else None
+    return OpenAIError(exc.status_code, str(exc.detail), headers=headers).response()
+
+
+async def _redis_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.warning("redis unreachable: %s", exc)
+    return redis_unavailable(exc).response()
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    return OpenAIError(500, "internal server error", type="server_error").response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OpenAIError, _openai_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RedisConnectionError, _redis_error)
+    app.add_exception_handler(RedisTimeoutError, _redis_error)
+    app.add_exception_handler(Exception, _unexpected_error)

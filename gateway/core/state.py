@@ -1,0 +1,21 @@
+"""What the gateway holds for its lifetime, built by the lifespan in ``gateway/main.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from gateway.admission import Admission
+from gateway.core.auth import KeyStore
+from gateway.core.config import GatewaySettings
+from gateway.transport.workers import WorkerRegistry
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    settings: GatewaySettings
+    redis: Redis
+    workers: WorkerRegistry
+    keys: KeyStore
+    admission: Admission

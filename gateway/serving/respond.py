@@ -1,0 +1,45 @@
+"""The HTTP response of an accepted generation: an SSE stream, or the whole completion at once."""
+
+from __future__ import annotations
+
+import contextlib
+
+import anyio
+from fastapi import Request, Response
+from pydantic_core import to_json
+from redis.exceptions import RedisError
+
+from gateway.admission import Lease
+from gateway.serving.collect import collect
+from gateway.serving.formats import ResponseFormat
+from gateway.serving.sse import EventStreamResponse, stream_events
+from gateway.transport.generation import Generation
+from shared.messages import ReplyEvent, Usage
+
+# nginx's "client closed request": logged when the client left before a non-stream answer was ready.
+CLIENT_CLOSED = 499
+
+
+async def respond(
+    http: Request,
+    generation: Generation,
+    accepted: ReplyEvent,
+    fmt: ResponseFormat,
+    lease: Lease,
+    stream: bool,
+    include_usage: bool,
+) -> Response:
+    if stream:
+        return EventStreamResponse(stream_events(generation, fmt, lease, include_usage, http.is_disconnected))
+    usage: Usage | None = None
+    try:
+        body, usage = await collect(generation, accepted, fmt, http.is_disconnected)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if not generation.is_finished:
+                with contextlib.suppress(RedisError):
+                    await generation.cancel()
+            await lease.release(usage)
+    if body is None:
+        return Response(status_code=CLIENT_CLOSED)
+    return Response(to_json(body), media_type="application/json")

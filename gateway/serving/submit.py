@@ -1,0 +1,87 @@
+"""From a validated OpenAI request to an accepted generation (or the error that stops it)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+
+import anyio
+from fastapi import Request
+from redis.exceptions import RedisError
+
+from gateway.admission import TRAFFIC_CLASS_HEADER, Lease, traffic_class
+from gateway.core.auth import Principal
+from gateway.core.errors import OpenAIError
+from gateway.core.state import GatewayState
+from gateway.transport.generation import Generation, no_live_worker
+from shared.messages import ChatMessage, GenerateRequest, ReplyEvent, SamplingOptions
+from shared.telemetry.gateway_request import CLIENT_CLOSED
+
+
+def new_req_id() -> str:
+    return uuid.uuid4().hex
+
+
+def model_not_found(model: str) -> OpenAIError:
+    return OpenAIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        type="invalid_request_error",
+        param="model",
+        code="model_not_found",
+    )
+
+
+async def max_model_len(state: GatewayState, model: str) -> int:
+    """The context window of ``model``'s live workers; 404 for a model nobody serves, 503 when its
+    workers are all down for longer than ``worker_wait_s``."""
+    live = await state.workers.live()
+    if not live.has_model(model):
+        if model not in state.settings.models and not await state.workers.has_request_streams(model):
+            raise model_not_found(model)
+        if not await state.workers.wait_for(model, state.settings.worker_wait_s):
+            raise no_live_worker(model)
+        live = await state.workers.live()
+    return live.max_model_len(model) or 1
+
+
+async def start_generation(
+    state: GatewayState,
+    http: Request,
+    principal: Principal,
+    req_id: str,
+    model: str,
+    sampling: SamplingOptions,
+    priority: int,
+    *,
+    messages: list[ChatMessage] | None = None,
+    prompt: str | None = None,
+    prompt_token_ids: list[int] | None = None,
+) -> tuple[Generation, ReplyEvent, Lease]:
+    """Admit, queue and wait for acceptance; the lease is released here if that fails."""
+    request = GenerateRequest(
+        req_id=req_id,
+        model=model,
+        traffic_class=traffic_class(principal, http.headers.get(TRAFFIC_CLASS_HEADER), priority),
+        tenant=principal.tenant,
+        messages=messages,
+        prompt=prompt,
+        prompt_token_ids=prompt_token_ids,
+        sampling=sampling,
+        arrival_time=time.time(),
+        traceparent=http.headers.get("traceparent"),
+    )
+    lease = await state.admission.admit(principal, request)
+    generation = Generation(state.redis, state.workers, state.settings, request)
+    try:
+        accepted = await generation.start()
+    except BaseException as exc:
+        generation.telemetry.finish(exc.status if isinstance(exc, OpenAIError) else CLIENT_CLOSED)
+        with anyio.CancelScope(shield=True):
+            await lease.release(None)
+            if not generation.is_finished:
+                with contextlib.suppress(RedisError):
+                    await generation.cancel()
+        raise
+    return generation, accepted, lease
