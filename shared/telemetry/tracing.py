@@ -72,8 +72,9 @@ def trace_id_hex(span: Span) -> str | None:
 class GatewayRequestTrace:
     """The gateway's request span, and the queue-wait span from XADD to the worker's first reply.
 
-    ``parent`` is the client's own ``traceparent`` header, if it sent one: the request then joins
-    the client's trace.
+    Started inside an HTTP handler, the span is a child of the current span (FastAPI's own server
+    span). Without one, it is the server span itself, under ``parent``: the client's
+    ``traceparent`` header, if it sent one.
     """
 
     __slots__ = ("span", "_tracer", "_queue")
@@ -88,10 +89,11 @@ class GatewayRequestTrace:
         parent: str | None = None,
         start_time_ns: int | None = None,
     ) -> None:
+        has_server_span = trace.get_current_span().get_span_context().is_valid
         self.span = tracer.start_span(
             name,
-            context=context_from_traceparent(parent),
-            kind=SpanKind.SERVER,
+            context=None if has_server_span else context_from_traceparent(parent),
+            kind=SpanKind.INTERNAL if has_server_span else SpanKind.SERVER,
             attributes={
                 "busstop.req_id": req_id,
                 "gen_ai.request.model": model,
