@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 
+import torch
 from pydantic import ValidationError
 
 from worker.engine.config import EngineConfig
@@ -33,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     return parser.parse_args(argv)
 
 
@@ -45,6 +47,10 @@ def prompt_ids(loaded: LoadedModel, args: argparse.Namespace) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("path", args.model), ("dtype", args.dtype)) if v is not None}
     settings = ModelSettings(**overrides)
     start = time.perf_counter()
