@@ -15,6 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.messages import (
@@ -80,6 +81,7 @@ class WorkerService:
         self._stopping.set()
         if force:
             self._forced.set()
+            self._capacity_changed.set()  # wake the drain
 
     def _deliver(self, report: EngineReport) -> None:  # engine thread
         assert self._loop is not None
@@ -94,6 +96,8 @@ class WorkerService:
             asyncio.create_task(read_cancels(self._redis, self.worker_id, self._cancel), name="control"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
+        for task in (replies, *background):
+            task.add_done_callback(self._on_task_done)
         log.info("worker %s serving %s", self.worker_id, self.model_name)
         try:
             await self._intake_loop()
@@ -110,6 +114,14 @@ class WorkerService:
                     keys.worker_key(self.model_name, self.worker_id), keys.control_stream(self.worker_id)
                 )
         log.info("worker %s stopped", self.worker_id)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        """A background loop that dies unexpectedly stops the worker: serving without it would be wrong."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("%s loop failed", task.get_name(), exc_info=task.exception())
+        self.failed = f"{task.get_name()}: {task.exception()}"
+        self.stop(force=True)
 
     async def _register(self) -> None:
         """Create the consumer groups and announce this worker; waits for Redis if it is not up yet."""
@@ -138,7 +150,12 @@ class WorkerService:
         while not self._stopping.is_set():
             try:
                 await self._intake_once()
-            except (RedisConnectionError, TimeoutError) as exc:
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("request streams were deleted; creating them again")
+                await intake.ensure_groups(self._redis, self.model_name)
+            except (RedisError, TimeoutError) as exc:
                 log.warning("intake: Redis unavailable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
 
@@ -242,6 +259,9 @@ class WorkerService:
             try:
                 await batch.write(self._redis)
                 return
+            except ResponseError as exc:  # the pipeline ran; one command failed (e.g. its stream is gone)
+                log.error("reply write: %s", exc)
+                return
             except (RedisConnectionError, TimeoutError) as exc:
                 log.warning("reply write failed (%s), attempt %d/%d", exc, attempt + 1, attempts)
                 await asyncio.sleep(0.2 * 2**attempt)
@@ -274,7 +294,7 @@ class WorkerService:
             try:
                 await self._heartbeat_once()
                 await intake.refresh(self._redis, self.worker_id, self._tracker.held_messages())
-            except (RedisConnectionError, TimeoutError) as exc:
+            except (RedisError, TimeoutError) as exc:
                 log.warning("heartbeat failed: %s", exc)
 
     async def _drain(self) -> None:

@@ -48,8 +48,8 @@ def make_service(
         reclaim_min_idle_ms=60_000,
         grace_period_s=grace_period_s,
     )
-    engine = make_engine(hf_model, max_num_seqs=2)
-    return WorkerService(settings, redis, MODEL, engine, tokenizer, max_model_len=256, vocab_size=256)
+    engine = make_engine(hf_model, max_num_seqs=2, num_pages=512, max_model_len=512)
+    return WorkerService(settings, redis, MODEL, engine, tokenizer, max_model_len=512, vocab_size=256)
 
 
 async def put_requests(redis: Redis, n: int, max_tokens: int) -> None:
@@ -85,11 +85,11 @@ async def test_a_full_worker_leaves_work_in_redis_and_a_stop_leaves_it_pending(
     redis: Redis, redis_url: str, hf_model, tokenizer: Tokenizer
 ) -> None:
     service = make_service(redis, redis_url, hf_model, tokenizer, grace_period_s=0.0)
-    await put_requests(redis, 6, max_tokens=200)
+    await put_requests(redis, 6, max_tokens=500)  # long enough to still run when checked
     run = asyncio.create_task(service.run())
     while (beat := await heartbeat(redis)) is None or beat.num_running < 2:
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)  # a few more intake rounds: nothing more may be taken
+    await asyncio.sleep(0.3)  # a few more intake rounds: nothing more may be taken
 
     stream = keys.request_stream(MODEL, TrafficClass.BATCH)
     assert (await pending(redis, stream), await unread(redis, stream)) == (2, 4)  # the engine admits 2
