@@ -6,7 +6,6 @@ stateless) on the stack's Redis with a keys file holding one key of each class.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -97,7 +96,15 @@ def test_mixed_traffic_runs_headless_without_failures(
         [
             *(sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless"),
             *("--host", keyed_gateway.url, "--users", "4", "--spawn-rate", "4", "--run-time", "6s"),
-            *("--stop-timeout", "60", "--csv", str(prefix), "--only-summary", "--exit-code-on-error", "1"),
+            *(
+                "--stop-timeout",
+                "60",
+                "--json-file",
+                str(prefix),
+                "--only-summary",
+                "--exit-code-on-error",
+                "1",
+            ),
         ],
         cwd=REPO,
         env=env,
@@ -108,14 +115,14 @@ def test_mixed_traffic_runs_headless_without_failures(
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
-    with open(f"{prefix}_stats.csv", newline="") as f:
-        rows = {(row["Type"], row["Name"]): row for row in csv.DictReader(f)}
+    # The JSON file is written at exit, after the last request ended (the CSV files lag up to a second).
+    entries = {(e["method"], e["name"]): e for e in json.loads(prefix.with_suffix(".json").read_text())}
     expected = [("POST", "chat (stream)"), ("POST", "internal (batch)"), ("TTFT", "chat"), ("ITL", "chat")]
     for key in [*expected, ("E2E", "chat")]:
-        assert key in rows, f"no {key} line in {sorted(rows)}"
-        assert int(rows[key]["Request Count"]) > 0
-    assert all(int(row["Failure Count"]) == 0 for row in rows.values())
-    assert float(rows[("TTFT", "chat")]["Median Response Time"]) > 0
+        assert key in entries, f"no {key} line in {sorted(entries)}"
+        assert entries[key]["num_requests"] > 0
+    assert all(e["num_failures"] == 0 for e in entries.values())
+    assert entries[("TTFT", "chat")]["total_response_time"] > 0
     # The two keys put their requests on different traffic classes' streams.
     for traffic_class, last_id in before.items():
         assert last_request_id(store, traffic_class) != last_id, f"no new {traffic_class} requests"
