@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ Obj = dict[str, Any]
 
 
 def kubectl() -> str | None:
-    return shutil.which("kubectl")
+    """kubectl from PATH, else the one `make system-deps` puts next to the virtualenv's python."""
+    return shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
 
 
 def render(overlay: str) -> list[Obj]:
