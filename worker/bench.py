@@ -44,12 +44,17 @@ class Result:
     mode: str
     num_output_tokens: int
     elapsed_s: float
+    cpu_s: float  # this process's CPU time: steadier than wall time on a shared machine
     num_steps: int
     num_requests: int
 
     @property
     def tokens_per_s(self) -> float:
         return self.num_output_tokens / self.elapsed_s
+
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        return self.num_output_tokens / self.cpu_s
 
 
 def make_workload(n: int, vocab_size: int, prompt_len: tuple[int, int], output_len: tuple[int, int],
@@ -85,7 +90,7 @@ def run(engine: Engine, workload: list[Request], mode: str, max_s: float) -> Res
     queue = list(enumerate(workload))
     after_step: Callable[[Engine], None] = _drop_kv if mode == "no-kv" else (lambda e: None)
     num_tokens = num_steps = num_finished = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while queue or engine.has_unfinished():
         if queue and (mode != "static" or not engine.has_unfinished()):
             take = len(queue) if mode != "static" else batch_size
@@ -99,7 +104,8 @@ def run(engine: Engine, workload: list[Request], mode: str, max_s: float) -> Res
         num_steps += 1
         if time.perf_counter() - start > max_s:
             break
-    return Result(mode, num_tokens, time.perf_counter() - start, num_steps, num_finished)
+    return Result(mode, num_tokens, time.perf_counter() - start, time.process_time() - cpu_start, num_steps,
+                  num_finished)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,11 +147,13 @@ def main(argv: list[str] | None = None) -> None:
         max_s = args.no_kv_max_s if mode == "no-kv" else float("inf")
         r = results[mode] = run(Engine(model, config, ()), workload, mode, max_s)
         partial = "" if r.num_requests == len(workload) else f" (stopped after {r.elapsed_s:.0f} s)"
-        print(f"{mode:>10}: {r.tokens_per_s:8.1f} output tok/s  {r.num_output_tokens:6d} tokens "
-              f"{r.elapsed_s:7.2f} s  {r.num_steps:5d} steps{partial}")
-    cont = results["continuous"].tokens_per_s
-    print(f"continuous / static: {cont / results['static'].tokens_per_s:.2f}x")
-    print(f"continuous / no-kv:  {cont / results['no-kv'].tokens_per_s:.2f}x")
+        print(f"{mode:>10}: {r.tokens_per_s:8.1f} output tok/s  {r.tokens_per_cpu_s:8.1f} tok/CPU-s  "
+              f"{r.num_output_tokens:6d} tokens  {r.elapsed_s:7.2f} s  {r.num_steps:5d} steps{partial}")
+    cont = results["continuous"]
+    for other in ("static", "no-kv"):
+        r = results[other]
+        print(f"continuous / {other + ':':8} {cont.tokens_per_s / r.tokens_per_s:6.2f}x wall  "
+              f"{cont.tokens_per_cpu_s / r.tokens_per_cpu_s:6.2f}x CPU time")
 
 
 if __name__ == "__main__":
