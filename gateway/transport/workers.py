@@ -42,12 +42,13 @@ class WorkerRegistry:
         self._live = LiveWorkers()
         self._lock = asyncio.Lock()
 
-    async def live(self) -> LiveWorkers:
-        """The cached reading, refreshed first when it is older than ``refresh_s``."""
-        if time.monotonic() - self._live.fetched_at < self._refresh_s:
+    async def live(self, max_age_s: float | None = None) -> LiveWorkers:
+        """The cached reading, refreshed first when older than ``max_age_s`` (default ``refresh_s``)."""
+        max_age_s = self._refresh_s if max_age_s is None else max_age_s
+        if time.monotonic() - self._live.fetched_at < max_age_s:
             return self._live
         async with self._lock:  # one refresh at a time; waiters reuse its result
-            if time.monotonic() - self._live.fetched_at >= self._refresh_s:
+            if time.monotonic() - self._live.fetched_at >= max_age_s:
                 self._live = await self._fetch()
         return self._live
 

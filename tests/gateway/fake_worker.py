@@ -41,6 +41,7 @@ class FakeWorker:
         words: tuple[str, ...] = WORDS,
         delay_s: float = 0.0,
         max_model_len: int = 64,
+        fail_after: int | None = None,
     ) -> None:
         self.redis = Redis.from_url(redis_url, decode_responses=True)
         self.model = model
@@ -48,6 +49,7 @@ class FakeWorker:
         self.words = words
         self.delay_s = delay_s
         self.max_model_len = max_model_len
+        self.fail_after = fail_after  # fail every request with a 500 after this many deltas
         self.requests: list[GenerateRequest] = []
         self.streams: dict[str, TrafficClass] = {}  # req_id -> the class stream it came from
         self.cancelled: set[str] = set()
@@ -131,6 +133,11 @@ class FakeWorker:
         finish = "length" if len(words) < len(self.words) else "stop"
         seq = 1
         for i, word in enumerate(words):
+            if i == self.fail_after:
+                error = ErrorInfo(status=500, message="the engine failed", type="server_error")
+                await self._reply(req.req_id, ReplyEvent(seq=seq, kind=ReplyKind.ERROR, error=error))
+                await self._ack(stream, msg_id, req.req_id)
+                return
             if req.req_id in self.cancelled or self._is_stopping:
                 finish = "abort"
                 words = words[:i]

@@ -26,7 +26,7 @@ async def ready(state: StateDep) -> JSONResponse:
     try:
         await state.redis.ping()
         body["redis"] = True
-        live = await state.workers.live()
+        live = await state.workers.live(max_age_s=0)
     except RedisError as exc:
         body["reason"] = f"redis unreachable: {exc}"
         return JSONResponse(body, status_code=503)
