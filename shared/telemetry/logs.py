@@ -19,7 +19,8 @@ from opentelemetry import trace
 from shared.telemetry.settings import LogSettings
 
 SENSITIVE_FIELDS = frozenset({"prompt", "messages", "api_key", "authorization", "key", "text"})
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn adds color_message, a duplicate of msg with terminal escapes.
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
