@@ -110,6 +110,34 @@ def test_answer_streams_into_the_page(page: Page) -> None:
     page.screenshot(path=str(ARTIFACTS / "chat-page.png"))
 
 
+def test_the_conversation_is_kept(page: Page, stack: LocalStack) -> None:
+    prompt = page.get_by_label("Message")
+    prompt.fill("What is the capital of France?")
+    prompt.press("Enter")
+    expect(page.locator(".msg-assistant").last).not_to_have_attribute("aria-busy", "true", timeout=60_000)
+    first_answer = page.locator(".msg-assistant .msg-body").last.text_content()
+
+    # A reload keeps the conversation; the key stays in this browser's storage, nowhere else.
+    page.reload()
+    expect(page.locator(".msg-body")).to_have_text(["What is the capital of France?", first_answer])
+    assert page.evaluate("localStorage.getItem('busstop.apiKey')") == stack.api_key
+    assert page.context.cookies() == []
+
+    # The follow-up question carries the whole conversation.
+    expect(page.get_by_label("Model")).to_have_value(MODEL, timeout=15_000)
+    with page.expect_request("**/v1/chat/completions") as sent:
+        prompt.fill("And what is the capital of Italy?")
+        prompt.press("Enter")
+    messages = sent.value.post_data_json["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "What is the capital of France?"),
+        ("assistant", first_answer),
+        ("user", "And what is the capital of Italy?"),
+    ]
+    expect(page.locator(".msg-assistant").last).not_to_have_attribute("aria-busy", "true", timeout=60_000)
+    expect(page.locator(".msg-assistant .msg-body")).to_have_count(2)
+
+
 def test_stop_cancels_the_request_on_the_worker(page: Page, store: redis.Redis) -> None:
     page.get_by_label("Max tokens").fill(str(STOP_MAX_TOKENS))
     # ignore_eos keeps the answer going until Stop, whatever the model would say.
