@@ -20,7 +20,8 @@ from shared.telemetry.settings import LogSettings
 
 SENSITIVE_FIELDS = frozenset({"prompt", "messages", "api_key", "authorization", "key", "text"})
 # uvicorn adds color_message, a duplicate of msg with terminal escapes.
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({})))
+_STANDARD_ATTRS = _RECORD_ATTRS | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
