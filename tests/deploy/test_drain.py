@@ -46,7 +46,7 @@ def accepted_by(redis_url: str, req_id: str) -> list[str]:
     """The worker ids of the ACCEPTED events in a request's reply stream, in order."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        entries = client.xrange(keys.reply_stream(req_id))
+        entries: list[tuple[str, dict[str, str]]] = client.xrange(keys.reply_stream(req_id))  # type: ignore[assignment]
     finally:
         client.close()
     events = [ReplyEvent.model_validate_json(fields[DATA_FIELD]) for _, fields in entries]
