@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from loadtest.client import RequestResult
 
@@ -32,7 +33,7 @@ def summarize_ms(values_s: Sequence[float]) -> dict[str, float] | None:
     return summary
 
 
-def summarize_level(load: float, results: Sequence[RequestResult], duration_s: float) -> dict[str, object]:
+def summarize_level(load: float, results: Sequence[RequestResult], duration_s: float) -> dict[str, Any]:
     """Everything measured at one concurrency or rate."""
     ok = [r for r in results if r.ok]
     errors = [r.error for r in results if not r.ok]

@@ -115,7 +115,7 @@ def test_the_conversation_is_kept(page: Page, stack: LocalStack) -> None:
     prompt.fill("What is the capital of France?")
     prompt.press("Enter")
     expect(page.locator(".msg-assistant").last).not_to_have_attribute("aria-busy", "true", timeout=60_000)
-    first_answer = page.locator(".msg-assistant .msg-body").last.text_content()
+    first_answer = page.locator(".msg-assistant .msg-body").last.text_content() or ""
 
     # A reload keeps the conversation; the key stays in this browser's storage, nowhere else.
     page.reload()
@@ -128,7 +128,7 @@ def test_the_conversation_is_kept(page: Page, stack: LocalStack) -> None:
     with page.expect_request("**/v1/chat/completions") as sent:
         prompt.fill("And what is the capital of Italy?")
         prompt.press("Enter")
-    messages = sent.value.post_data_json["messages"]
+    messages = (sent.value.post_data_json or {})["messages"]
     assert [(m["role"], m["content"]) for m in messages] == [
         ("user", "What is the capital of France?"),
         ("assistant", first_answer),
