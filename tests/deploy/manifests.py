@@ -62,6 +62,7 @@ def known_env_names() -> set[str]:
     and the tensor-parallel size the node launcher hands to each worker."""
     from pydantic import AliasChoices
 
+    from gateway.batch.config import BatchSettings
     from gateway.core.config import GatewaySettings
     from shared.telemetry.settings import LogSettings
     from worker.loader.settings import ModelSettings
@@ -69,7 +70,7 @@ def known_env_names() -> set[str]:
     from worker.service.settings import WorkerSettings
 
     names = {TP_ENV}
-    for cls in (GatewaySettings, WorkerSettings, ModelSettings, LogSettings):
+    for cls in (GatewaySettings, BatchSettings, WorkerSettings, ModelSettings, LogSettings):
         prefix = cls.model_config.get("env_prefix", "")
         for field_name, field in cls.model_fields.items():
             names.add(f"{prefix}{field_name}".upper())

@@ -88,6 +88,9 @@ def test_gateway_command_and_port_match_the_code() -> None:
     port = int(env.get("BUSSTOP_PORT", GatewaySettings.model_fields["port"].default))
     assert container_ports("gateway") == {port}
     assert re.fullmatch(r"\$\{BUSSTOP_GATEWAY_PORTS:-\d+-\d+\}:\d+", gateway["ports"][0])  # a range: scalable
+    # Replicas share the Files API directory through a named volume.
+    (files,) = [v for v in gateway["volumes"] if v.endswith(f":{env['BUSSTOP_FILES_DIR']}")]
+    assert files.split(":")[0] in COMPOSE["volumes"]
 
 
 def test_workers_command_metrics_port_and_model_volume() -> None:

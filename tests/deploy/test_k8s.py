@@ -109,6 +109,13 @@ def test_gateway_scales_and_keeps_serving(objs: list[Obj]) -> None:
     (gw,) = containers(find(objs, "Deployment", "busstop-gateway"))
     assert gw["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert gw["livenessProbe"]["httpGet"]["path"] == "/health"
+    # Every replica sees the same Files API directory: a shared claim mounted where the setting points.
+    files_dir = settings(objs)["BUSSTOP_FILES_DIR"]
+    (mount,) = [m for m in gw["volumeMounts"] if m["mountPath"] == files_dir]
+    spec = pod_spec(find(objs, "Deployment", "busstop-gateway"))
+    assert spec is not None
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    find(objs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
 
 
 def test_keda_scales_workers_on_every_class_stream(objs: list[Obj]) -> None:
