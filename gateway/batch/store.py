@@ -1,0 +1,203 @@
+"""Batch state in Redis: the batch objects, their per-line progress, and the leases of runners.
+
+Every change that must happen once is one atomic step in Redis:
+- a status change is a compare-and-set on the status (``_TRANSITION``), so cancel and finalize never
+  both win, and a batch is finalized once;
+- a line is submitted only by whoever first marks it submitted (``_SUBMIT``: HSETNX, then XADD), so a
+  resumed or duplicate runner never puts a line on the request stream twice;
+- a line's result is recorded, and counted, only once (``_RECORD``: HSETNX, then HINCRBY).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway.batch.models import (
+    ACTIVE_STATUSES,
+    Batch,
+    BatchErrors,
+    BatchStatus,
+    batch_from_fields,
+    batch_to_fields,
+)
+from shared import keys
+
+# KEYS[1] batch hash. ARGV[1] allowed current statuses "a,b", ARGV[2] new status, ARGV[3..] field/value pairs.
+_TRANSITION = """
+local cur = redis.call("HGET", KEYS[1], "status")
+if not cur then return 0 end
+for s in string.gmatch(ARGV[1], "[^,]+") do
+  if s == cur then
+    redis.call("HSET", KEYS[1], "status", ARGV[2], unpack(ARGV, 3))
+    return 1
+  end
+end
+return 0
+"""
+
+# KEYS[1] submitted hash, KEYS[2] request stream. ARGV[1] line index, ARGV[2] req_id, ARGV[3] message JSON.
+_SUBMIT = """
+if redis.call("HSETNX", KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
+local msg_id = redis.call("XADD", KEYS[2], "*", "data", ARGV[3])
+redis.call("HSET", KEYS[1], ARGV[1], ARGV[2] .. " " .. msg_id)
+return msg_id
+"""
+
+# KEYS[1] results or errors hash, KEYS[2] batch hash. ARGV[1] line index, ARGV[2] line, ARGV[3] counter field.
+_RECORD = """
+if redis.call("HSETNX", KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call("HINCRBY", KEYS[2], ARGV[3], 1)
+return 1
+"""
+
+# KEYS[1] lease. ARGV[1] owner token, ARGV[2] ms. Extends the lease only if the caller still owns it.
+_RENEW = """
+if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call("PEXPIRE", KEYS[1], ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call("DEL", KEYS[1])
+"""
+
+
+class BatchStore:
+    """Batches in Redis; ``redis`` must decode responses (``decode_responses=True``), as the gateway's."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._transition = redis.register_script(_TRANSITION)
+        self._submit = redis.register_script(_SUBMIT)
+        self._record = redis.register_script(_RECORD)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    # --- batch objects -------------------------------------------------------------------------------
+
+    async def create(self, batch: Batch, tenant: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.batch_key(batch.id), mapping=batch_to_fields(batch, tenant))
+            pipe.zadd(keys.batches_index(tenant), {batch.id: time.time()})
+            pipe.sadd(keys.BATCHES_ACTIVE, batch.id)
+            await pipe.execute()
+
+    async def get(self, batch_id: str, tenant: str | None = None) -> Batch | None:
+        """The batch, or ``None`` if it does not exist or belongs to another tenant than ``tenant``."""
+        data: dict[str, str] = await self._redis.hgetall(keys.batch_key(batch_id))
+        if not data or (tenant is not None and data.get("tenant") != tenant):
+            return None
+        return batch_from_fields(data)
+
+    async def list_batches(self, tenant: str, after: str | None, limit: int) -> tuple[list[Batch], bool]:
+        """A tenant's batches, newest first, starting after the batch ``after``; and whether more follow."""
+        index = keys.batches_index(tenant)
+        start = 0
+        if after is not None:
+            rank = await self._redis.zrevrank(index, after)
+            start = 0 if rank is None else rank + 1
+        ids: list[str] = await self._redis.zrevrange(index, start, start + limit)
+        batches = [b for b in [await self.get(i, tenant) for i in ids[:limit]] if b is not None]
+        return batches, len(ids) > limit
+
+    async def transition(
+        self, batch_id: str, allowed: tuple[BatchStatus, ...], status: BatchStatus, **fields: Any
+    ) -> bool:
+        """Move to ``status`` (stamping ``<status>_at``) if the batch is in one of ``allowed``."""
+        fields.setdefault(f"{status.value}_at", int(time.time()))
+        args: list[Any] = [",".join(s.value for s in allowed), status.value]
+        for name, value in fields.items():
+            if isinstance(value, BatchErrors):
+                value = value.model_dump_json()
+            args += [name, value]
+        changed = bool(await self._transition(keys=[keys.batch_key(batch_id)], args=args))
+        if changed and status not in ACTIVE_STATUSES:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.srem(keys.BATCHES_ACTIVE, batch_id)
+                pipe.expire(keys.batch_key(batch_id), keys.BATCH_TTL_S)
+                await pipe.execute()
+        return changed
+
+    async def tenant_of(self, batch_id: str) -> str | None:
+        raw = await self._redis.hget(keys.batch_key(batch_id), "tenant")
+        return raw
+
+    async def set_total(self, batch_id: str, total: int) -> None:
+        await self._redis.hset(keys.batch_key(batch_id), "total", total)
+
+    async def active_ids(self) -> list[str]:
+        return sorted(await self._redis.smembers(keys.BATCHES_ACTIVE))
+
+    # --- lines ---------------------------------------------------------------------------------------
+
+    async def submit(self, batch_id: str, index: int, req_id: str, stream: str, message: str) -> str | None:
+        """XADD the line's request unless it was ever submitted; the message id if this call submitted it."""
+        submitted = keys.batch_lines(batch_id, "submitted")
+        msg_id = await self._submit(keys=[submitted, stream], args=[index, req_id, message])
+        return msg_id or None
+
+    async def submitted_line(self, batch_id: str, index: int) -> tuple[str, str] | None:
+        """(req_id, request message id) of a submitted line."""
+        raw = await self._redis.hget(keys.batch_lines(batch_id, "submitted"), str(index))
+        if raw is None:
+            return None
+        req_id, _, msg_id = raw.partition(" ")
+        return req_id, msg_id
+
+    async def submitted(self, batch_id: str) -> dict[int, tuple[str, str]]:
+        """Line index -> (req_id, request message id) of every line already submitted."""
+        raw = await self._redis.hgetall(keys.batch_lines(batch_id, "submitted"))
+        out: dict[int, tuple[str, str]] = {}
+        for k, v in raw.items():
+            req_id, _, msg_id = v.partition(" ")
+            out[int(k)] = (req_id, msg_id)
+        return out
+
+    async def record(self, batch_id: str, index: int, line: str, is_ok: bool) -> bool:
+        """Keep a line's output (``is_ok``) or error line once, counting it; ``False`` if already kept."""
+        kind, counter = ("results", "completed") if is_ok else ("errors", "failed")
+        args = [index, line, counter]
+        return bool(
+            await self._record(keys=[keys.batch_lines(batch_id, kind), keys.batch_key(batch_id)], args=args)
+        )
+
+    async def finished_lines(self, batch_id: str) -> set[int]:
+        out: set[int] = set()
+        for kind in ("results", "errors"):
+            out.update(int(k) for k in await self._redis.hkeys(keys.batch_lines(batch_id, kind)))
+        return out
+
+    async def lines(self, batch_id: str, kind: str) -> list[str]:
+        """The kept ``results`` or ``errors`` lines, in input order."""
+        raw = await self._redis.hgetall(keys.batch_lines(batch_id, kind))
+        return [v for _, v in sorted((int(k), v) for k, v in raw.items())]
+
+    async def drop_lines(self, batch_id: str) -> None:
+        await self._redis.delete(*(keys.batch_lines(batch_id, k) for k in ("submitted", "results", "errors")))
+
+    # --- leases --------------------------------------------------------------------------------------
+
+    async def acquire_lease(self, batch_id: str, lease_s: float) -> str | None:
+        """A token proving this caller drives the batch for ``lease_s``, or ``None`` if someone else does."""
+        token = uuid.uuid4().hex
+        ok = await self._redis.set(keys.batch_lease(batch_id), token, nx=True, px=int(lease_s * 1000))
+        return token if ok else None
+
+    async def renew_lease(self, batch_id: str, token: str, lease_s: float) -> bool:
+        return bool(await self._renew(keys=[keys.batch_lease(batch_id)], args=[token, int(lease_s * 1000)]))
+
+    async def release_lease(self, batch_id: str, token: str) -> None:
+        await self._release(keys=[keys.batch_lease(batch_id)], args=[token])
+
+
+def new_batch_id() -> str:
+    return f"batch_{uuid.uuid4().hex}"
+
+
+def errors_of(code: str, message: str) -> BatchErrors:
+    return BatchErrors.model_validate({"data": [{"code": code, "message": message}]})
