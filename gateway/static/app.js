@@ -175,7 +175,8 @@ async function* sseData(body) {
       }
     }
   } finally {
-    reader.releaseLock();
+    // Leaving early (an error event) closes the connection, which cancels the request server-side.
+    await reader.cancel().catch(() => {});
   }
 }
 

@@ -174,3 +174,19 @@ def test_stop_cancels_the_request_on_the_worker(page: Page, store: redis.Redis) 
     assert events[-1].finish_reason == "abort"
     assert events[-1].usage is not None and events[-1].usage.completion_tokens < STOP_MAX_TOKENS
     wait_until(lambda: is_idle_since(heartbeats(store), stopped_at), "an idle worker heartbeat after Stop")
+
+
+def test_a_wrong_key_is_reported(browser: Browser, stack: LocalStack) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(stack.url + "/")
+    expect(page.get_by_role("status")).to_have_text("Enter an API key to start.")
+    page.get_by_label("API key").fill("not-a-key")
+    expect(page.get_by_role("status")).to_have_text("That API key was not accepted.")
+    expect(page.get_by_label("API key")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Model")).to_be_disabled()
+    page.get_by_label("Message").fill("Hello?")
+    page.get_by_label("Message").press("Enter")
+    expect(page.locator(".msg")).to_have_count(0)
+    expect(page.get_by_label("API key")).to_be_focused()
+    context.close()
