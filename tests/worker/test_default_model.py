@@ -23,6 +23,7 @@ from worker.engine.outputs import TokenLogprobs
 from worker.engine.sampling_params import SamplingParams
 from worker.loader import LoadedModel, ModelSettings, load_model
 from worker.loader.default_model import default_gguf_path
+from worker.loader.gguf_checkpoint import GGUFCheckpoint
 
 PROMPTS = [
     "What is the capital of France?",
@@ -79,6 +80,16 @@ def test_loaded_default(loaded: LoadedModel) -> None:
     assert loaded.eos_token_ids == (2,)  # <|im_end|>
     assert loaded.tokenizer.decode([2], skip_special_tokens=False) == "<|im_end|>"
     assert loaded.max_model_len == 2048
+
+
+def test_weights_equal_transformers_gguf_dequantization(reference: torch.nn.Module) -> None:
+    """Dequantization, HF names and the Q/K unpermute, bit for bit."""
+    checkpoint = GGUFCheckpoint(default_gguf_path())
+    expected = reference.state_dict()
+    names = checkpoint.tensor_names()
+    assert len(names) == 272 and set(names) == set(expected) - {"lm_head.weight"}  # tied
+    for name in names:
+        assert torch.equal(checkpoint.get_tensor(name), expected[name]), name
 
 
 def test_prompt_logits_match_transformers(loaded: LoadedModel, reference: torch.nn.Module) -> None:
