@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
+from gateway.core.auth import hash_key
+from gateway.main import create_app
 from gateway.ratelimit import QueueCap, QueueCapSettings, RateLimiter, RateLimits, format_duration, num_queued
 from shared import keys
 from shared.messages import TrafficClass
+from tests.gateway.conftest import make_settings
+from tests.gateway.fake_worker import FakeWorker
 
 
 @pytest.fixture
@@ -113,3 +120,74 @@ async def test_queue_cap_counts_what_workers_have_not_taken(redis: Redis) -> Non
     assert await num_queued(redis, "m", TrafficClass.INTERACTIVE) == 1
     assert not await cap.is_full(redis, "m", TrafficClass.INTERACTIVE)
     assert not await cap.is_full(redis, "m", TrafficClass.BATCH)  # batch: no cap by default
+
+
+# --- through the gateway ------------------------------------------------------------------------------
+
+PUBLIC_KEY = "limited-public-key"
+
+
+@pytest.fixture
+async def limited_client(redis_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app with one public key limited to 3 requests and 60 tokens per minute."""
+    limits = {"rpm": 3, "tpm": 60, "max_concurrency": 8}
+    entry = {"sha256": hash_key(PUBLIC_KEY), "tenant": "web", "traffic_class": "public", "limits": limits}
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({"keys": [entry]}))
+    app = create_app(make_settings(redis_url, dev_api_key=None, keys_file=keys_file))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {PUBLIC_KEY}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw", headers=headers) as client:
+            yield client
+
+
+def chat_body(max_tokens: int, stream: bool = False) -> dict[str, object]:
+    return {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+
+
+async def test_gateway_answers_429_with_headers_over_rpm(
+    limited_client: httpx.AsyncClient, redis_url: str
+) -> None:
+    async with FakeWorker(redis_url, model="tiny"):
+        ok = [await limited_client.post("/v1/chat/completions", json=chat_body(1)) for _ in range(3)]
+        refused = await limited_client.post("/v1/chat/completions", json=chat_body(1))
+    assert [r.status_code for r in ok] == [200, 200, 200]
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in ok] == ["2", "1", "0"]
+    for response in ok:
+        assert response.headers["x-ratelimit-limit-requests"] == "3"
+        assert response.headers["x-ratelimit-limit-tokens"] == "60"
+        assert (
+            "x-ratelimit-reset-requests" in response.headers
+            and "x-ratelimit-reset-tokens" in response.headers
+        )
+        assert "x-ratelimit-remaining-tokens" in response.headers
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_gateway_answers_429_over_tpm_and_refunds_unused_tokens(
+    limited_client: httpx.AsyncClient, redis_url: str
+) -> None:
+    async with FakeWorker(redis_url, model="tiny"):
+        # Reserves ~1 prompt token + 40: fits in 60. The fake worker uses 4 of the 40.
+        first = await limited_client.post("/v1/chat/completions", json=chat_body(40, stream=True))
+        assert first.status_code == 200 and first.text.endswith("data: [DONE]\n\n")
+        assert int(first.headers["x-ratelimit-remaining-tokens"]) < 20
+        # Had the 40 stayed reserved, this would not fit; the refund of the unused 36 makes room.
+        second = await limited_client.post("/v1/chat/completions", json=chat_body(40))
+        assert second.status_code == 200, second.text
+        refused = await limited_client.post("/v1/chat/completions", json=chat_body(50))
+        too_large = await limited_client.post("/v1/chat/completions", json=chat_body(500))
+    assert refused.status_code == 429
+    assert "tokens per minute" in refused.json()["error"]["message"]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert int(refused.headers["x-ratelimit-remaining-tokens"]) < 60  # less than the 50 + prompt asked
+    assert too_large.status_code == 429 and too_large.json()["error"]["code"] == "request_too_large"
