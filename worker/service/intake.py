@@ -25,6 +25,7 @@ class IntakeMessage:
     message: HeldMessage
     data: str | None  # the GenerateRequest JSON; None if the entry has no data field
     is_reclaimed: bool = False
+    num_deliveries: int = 1  # times the group handed it to a worker, this one included
 
 
 def request_streams(model: str) -> list[str]:
@@ -95,8 +96,26 @@ async def reclaim(
             count=count - len(taken),
         )
         # [next_start_id, claimed entries, deleted ids]; deleted ones leave the pending list by themselves.
-        taken.extend(_messages(stream, [e for e in reply[1] if e is not None], reclaimed=True))
+        claimed = [e for e in reply[1] if e is not None]
+        if not claimed:
+            continue
+        deliveries = await _num_deliveries(redis, stream, [msg_id for msg_id, _ in claimed])
+        taken.extend(
+            IntakeMessage(
+                HeldMessage(stream, msg_id), (fields or {}).get(DATA_FIELD), True, deliveries[msg_id]
+            )
+            for msg_id, fields in claimed
+        )
     return taken
+
+
+async def _num_deliveries(redis: Redis, stream: str, msg_ids: list[str]) -> dict[str, int]:
+    """How often each pending message was delivered; an XAUTOCLAIM counts as a delivery."""
+    pipe = redis.pipeline(transaction=False)
+    for msg_id in msg_ids:
+        pipe.xpending_range(stream, keys.WORKER_GROUP, min=msg_id, max=msg_id, count=1)
+    found: list[Any] = await pipe.execute()
+    return {m: int(e[0]["times_delivered"]) if e else 1 for m, e in zip(msg_ids, found, strict=True)}
 
 
 async def refresh(redis: Redis, consumer: str, messages: list[HeldMessage]) -> None:

@@ -200,6 +200,8 @@ class WorkerService:
                 if resume.is_finished:  # its worker died between the final event and the ack
                     batch.finish(req.req_id, msg.message)
                     return None
+                if msg.num_deliveries > self.settings.max_deliveries:
+                    raise RequestError(too_many_deliveries(msg.num_deliveries - 1))
                 log.info("resuming %s after %d tokens", req.req_id, len(resume.output_token_ids))
             prepared = await asyncio.to_thread(
                 prepare_request, req, self._tokenizer, self._max_model_len, self._vocab_size
@@ -240,11 +242,10 @@ class WorkerService:
                     continue
                 self._num_submitted -= len(report.admitted) + len(report.rejected)
                 if report.fatal is not None:
+                    # The worker is broken, not its requests: leave them pending for other workers
+                    # (a request that breaks every worker is failed after max_deliveries).
                     self.failed = report.fatal
-                    self._tracker.fail_all(
-                        batch,
-                        ErrorInfo(status=500, message="the worker's engine failed", type="server_error"),
-                    )
+                    self._tracker.hand_back()
                     self.stop(force=True)
                     continue
                 if self._metrics is not None and report.stats is not None:
@@ -309,3 +310,12 @@ class WorkerService:
             self._engine_loop.submit(AbortCommand(req_id))
         if left:
             log.info("left %d unfinished requests for other workers", len(left))
+
+
+def too_many_deliveries(num_workers: int) -> ErrorInfo:
+    return ErrorInfo(
+        status=500,
+        message=f"{num_workers} workers failed while serving this request; it is not retried",
+        type="server_error",
+        code="worker_failed",
+    )

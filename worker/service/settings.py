@@ -31,6 +31,9 @@ class WorkerSettings(BaseSettings):
     heartbeat_ttl_s: int = keys.HEARTBEAT_TTL_S
     # A pending message idle this long belongs to a dead worker and is reclaimed.
     reclaim_min_idle_ms: int = keys.RECLAIM_MIN_IDLE_MS
+    # A request whose workers died this many times is failed (500) instead of reclaimed again, so
+    # one request that crashes workers cannot take them all down in turn.
+    max_deliveries: int = 3
     # On SIGTERM: how long running requests may take to finish before they are left for other workers.
     # Keep it below Kubernetes' terminationGracePeriodSeconds.
     grace_period_s: float = 25.0
@@ -50,6 +53,8 @@ class WorkerSettings(BaseSettings):
             raise ValueError("reclaim_min_idle_ms must be at least 3 heartbeat intervals")
         if self.grace_period_s < 0:
             raise ValueError("grace_period_s must be >= 0")
+        if self.max_deliveries < 1:
+            raise ValueError("max_deliveries must be >= 1")
         if self.max_intake_batch < 1:
             raise ValueError("max_intake_batch must be >= 1")
         if self.intake_block_ms < 1:

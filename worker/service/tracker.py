@@ -106,13 +106,6 @@ class RequestTracker:
                 to_abort.append(req.req_id)
         return to_abort
 
-    def fail_all(self, batch: ReplyBatch, error: ErrorInfo) -> None:
-        for req in self.active.values():
-            req.trace.finish(None, error=error.message)
-            batch.add(req.req_id, error_event(req.next_seq, error))
-            batch.finish(req.req_id, req.message)
-        self.active.clear()
-
     def hand_back(self) -> list[str]:
         """Forget every active request (left pending in Redis for other workers); returns their ids."""
         for req in self.active.values():

@@ -65,7 +65,9 @@ async def test_a_dead_workers_messages_are_reclaimed_and_held_ones_are_not(redis
     await intake.refresh(redis, "alive", [held.message])
 
     taken = await intake.reclaim(redis, MODEL, "alive", count=10, min_idle_ms=200)
-    assert [(m.data, m.is_reclaimed, m.message) for m in taken] == [("orphan", True, orphan.message)]
+    assert [(m.data, m.is_reclaimed, m.message, m.num_deliveries) for m in taken] == [
+        ("orphan", True, orphan.message, 2)
+    ]
     pending = await redis.xpending_range(orphan.message.stream, keys.WORKER_GROUP, "-", "+", 10)
     assert {p["message_id"]: p["consumer"] for p in pending} == {
         held.message.msg_id: "alive",

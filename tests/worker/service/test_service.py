@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.messages import DATA_FIELD, GenerateRequest, SamplingOptions, TrafficClass, WorkerHeartbeat
 from tests.worker.tiny_llama import make_engine, make_hf_model
+from worker.engine.engine import Engine
 from worker.loader.load import load_tokenizer, resolve_path
 from worker.service.service import WorkerService
 from worker.service.settings import WorkerSettings
@@ -38,14 +39,19 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 def make_service(
-    redis: Redis, redis_url: str, hf_model, tokenizer: Tokenizer, grace_period_s: float
+    redis: Redis,
+    redis_url: str,
+    hf_model,
+    tokenizer: Tokenizer,
+    grace_period_s: float,
+    reclaim_ms: int = 60_000,
 ) -> WorkerService:
     settings = WorkerSettings(
         redis_url=redis_url,
         worker_id="w-test",
         heartbeat_interval_s=0.2,
         heartbeat_ttl_s=2,
-        reclaim_min_idle_ms=60_000,
+        reclaim_min_idle_ms=reclaim_ms,
         grace_period_s=grace_period_s,
     )
     engine = make_engine(hf_model, max_num_seqs=2, num_pages=512, max_model_len=512)
@@ -117,3 +123,49 @@ async def test_a_stop_lets_running_requests_finish_within_the_grace_period(
         entries = await redis.xrange(keys.reply_stream(req_id))
         last = entries[-1][1][DATA_FIELD]
         assert '"kind":"done"' in last and '"completion_tokens":20' in last
+
+
+class FailingEngine(Engine):
+    def step(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a tensor-parallel rank is gone")
+
+
+async def test_an_engine_failure_leaves_requests_pending_for_other_workers(
+    redis: Redis, redis_url: str, hf_model, tokenizer: Tokenizer
+) -> None:
+    service = make_service(redis, redis_url, hf_model, tokenizer, grace_period_s=60.0)
+    service._engine_loop._engine.__class__ = FailingEngine
+    await put_requests(redis, 1, max_tokens=20)
+    await asyncio.wait_for(service.run(), 30)
+
+    assert service.failed == "RuntimeError: a tensor-parallel rank is gone"
+    assert await pending(redis, keys.request_stream(MODEL, TrafficClass.BATCH)) == 1
+    assert await redis.xlen(keys.reply_stream("r0")) == 0  # no error for the client: another worker serves it
+    assert await heartbeat(redis) is None
+
+
+async def test_a_request_that_outlived_too_many_workers_is_failed(
+    redis: Redis, redis_url: str, hf_model, tokenizer: Tokenizer
+) -> None:
+    await put_requests(redis, 1, max_tokens=20)
+    stream = keys.request_stream(MODEL, TrafficClass.BATCH)
+    await redis.xgroup_create(stream, keys.WORKER_GROUP, id="0")
+    (msg_id,) = [
+        m
+        for _, entries in await redis.xreadgroup(keys.WORKER_GROUP, "dead-1", {stream: ">"})
+        for m, _ in entries
+    ]
+    for dead in ("dead-2", "dead-3"):  # two more workers took it over and died too
+        await redis.xclaim(stream, keys.WORKER_GROUP, dead, min_idle_time=0, message_ids=[msg_id])
+    await asyncio.sleep(0.8)
+
+    service = make_service(redis, redis_url, hf_model, tokenizer, grace_period_s=0.0, reclaim_ms=700)
+    run = asyncio.create_task(service.run())
+    while not await redis.exists(keys.reply_stream("r0")):
+        await asyncio.sleep(0.05)
+    service.stop()
+    await asyncio.wait_for(run, 30)
+
+    ((_, fields),) = await redis.xrange(keys.reply_stream("r0"))
+    assert '"status":500' in fields[DATA_FIELD] and '"code":"worker_failed"' in fields[DATA_FIELD]
+    assert await pending(redis, stream) == 0
