@@ -15,17 +15,14 @@ import multiprocessing.queues
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.worker.tp_models import save_as_safetensors, tiny_model
+from tests.worker.tp_models import tiny_model
 from worker.engine.config import EngineConfig
 from worker.engine.engine import Engine, RequestOutput
 from worker.engine.sampling_params import SamplingParams
-from worker.loader.default_model import default_gguf_path
-from worker.loader.gguf_checkpoint import GGUFCheckpoint
 from worker.loader.settings import ModelSettings
 from worker.model.parallel import SINGLE
 from worker.parallel.models import CheckpointModel
@@ -100,21 +97,10 @@ def test_tp2_matches_tp1_on_a_tiny_model(num_kv_heads: int) -> None:
             assert [v for _, v in lp.top] == pytest.approx([v for _, v in ref_lp.top], abs=LOGPROB_ATOL)
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled SmolLM2-135M GGUF as an HF safetensors directory (bf16), so ranks read slices."""
-    directory = tmp_path_factory.mktemp("smollm2")
-    checkpoint = GGUFCheckpoint(default_gguf_path())
-    try:
-        save_as_safetensors(checkpoint, directory, torch.bfloat16)
-    finally:
-        checkpoint.close()
-    return directory
-
-
-def test_tp3_on_the_default_model_matches_tp1(smollm2_dir: Path) -> None:
-    """SmolLM2-135M: 9 query / 3 KV heads, so each of 3 ranks holds 3 query heads and 1 KV head."""
-    make_model = CheckpointModel(ModelSettings(path=str(smollm2_dir), dtype="float32", device="cpu"))
+def test_tp3_on_the_default_model_matches_tp1() -> None:
+    """SmolLM2-135M: 9 query / 3 KV heads, so each of 3 ranks holds 3 query heads and 1 KV head.
+    Each rank reads its rows of the bundled GGUF."""
+    make_model = CheckpointModel(ModelSettings(path="default", dtype="float32", device="cpu"))
     config = EngineConfig(page_size=16, num_pages=16, max_model_len=256)
     params = SamplingParams(max_tokens=4, temperature=0.0)
     batch = [[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365], [1, 504, 3458, 282, 4649, 314]]

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from worker.loader.checkpoint import BaseCheckpoint
 from worker.model.config import ModelConfig
 from worker.model.llama import LlamaForCausalLM
 from worker.model.parallel import ParallelContext
@@ -68,11 +64,3 @@ def tiny_model(
     model = LlamaForCausalLM(config, parallel)
     model.load_weights(full_weights(config, seed))
     return model.eval()
-
-
-def save_as_safetensors(checkpoint: BaseCheckpoint, directory: Path, dtype: torch.dtype) -> None:
-    """Write any checkpoint as an HF directory (config.json + one safetensors file)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(checkpoint.hf_config))
-    tensors = {name: checkpoint.get_tensor(name).to(dtype).contiguous() for name in checkpoint.tensor_names()}
-    save_file(tensors, str(directory / "model.safetensors"))
