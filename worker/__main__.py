@@ -74,6 +74,8 @@ async def serve(
     engine, loaded, max_model_len = await asyncio.to_thread(
         build_engine, model_settings, group.parallel if group else SINGLE
     )
+    # Only now: a scrapeable /metrics port is what the Kubernetes probes take for "model loaded".
+    start_metrics_server(settings.metrics_port)
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     service = WorkerService(
         settings,
@@ -104,7 +106,6 @@ def main() -> int:
     settings = get_worker_settings()
     configure_logging()  # BUSSTOP_LOG_LEVEL, BUSSTOP_LOG_FORMAT
     setup_tracing("busstop-worker")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
-    start_metrics_server(settings.metrics_port)
     return asyncio.run(serve(settings, get_model_settings(), parallel_settings(sys.argv[1:])))
 
 

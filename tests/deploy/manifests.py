@@ -58,7 +58,7 @@ def settings(objs: list[Obj]) -> dict[str, str]:
 
 
 def known_env_names() -> set[str]:
-    """Every environment variable busstop's code reads: each setting (prefix + field, or an alias)
+    """Every environment variable busstop's code reads: each setting (prefix + field, or an alias),
     and the tensor-parallel size the node launcher hands to each worker."""
     from pydantic import AliasChoices
 
@@ -67,10 +67,11 @@ def known_env_names() -> set[str]:
     from shared.telemetry.settings import LogSettings
     from worker.loader.settings import ModelSettings
     from worker.parallel.node import TP_ENV
+    from worker.parallel.settings import ParallelSettings
     from worker.service.settings import WorkerSettings
 
     names = {TP_ENV}
-    for cls in (GatewaySettings, BatchSettings, WorkerSettings, ModelSettings, LogSettings):
+    for cls in (GatewaySettings, BatchSettings, WorkerSettings, ParallelSettings, ModelSettings, LogSettings):
         prefix = cls.model_config.get("env_prefix", "")
         for field_name, field in cls.model_fields.items():
             names.add(f"{prefix}{field_name}".upper())
