@@ -30,7 +30,7 @@ def make_settings(redis_url: str, **overrides: object) -> GatewaySettings:
         "redis_timeout_s": 1.0,
     }
     values.update(overrides)
-    return GatewaySettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return GatewaySettings(_env_file=None, **values)  # type: ignore[call-arg, arg-type]
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from types import TracebackType
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -91,7 +92,7 @@ class FakeWorker:
         control_id = "0-0"
         while not self._is_stopping:
             await self._beat()
-            found = await self.redis.xreadgroup(
+            found: Any = await self.redis.xreadgroup(
                 keys.WORKER_GROUP, self.worker_id, streams, count=16, block=20
             )
             for stream, entries in found or ():
@@ -102,7 +103,8 @@ class FakeWorker:
                     task = asyncio.create_task(self._serve(stream, msg_id, req))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-            for _stream, entries in await self.redis.xread({control: control_id}, count=100) or ():
+            controls: Any = await self.redis.xread({control: control_id}, count=100)
+            for _stream, entries in controls or ():
                 for entry_id, fields in entries:
                     control_id = entry_id
                     self.cancelled.add(CancelRequest.model_validate_json(fields[DATA_FIELD]).req_id)
