@@ -16,6 +16,8 @@ async def test_models_lists_the_models_with_live_workers(client: httpx.AsyncClie
         FakeWorker(redis_url, model="small", worker_id="c", max_model_len=256),
     ):
         response = await client.get("/v1/models")
+        one = await client.get("/v1/models/small")
+        missing = await client.get("/v1/models/nope")
     assert response.status_code == 200
     data = response.json()["data"]
     assert [(m["id"], m["object"], m["owned_by"]) for m in data] == [
@@ -24,6 +26,8 @@ async def test_models_lists_the_models_with_live_workers(client: httpx.AsyncClie
     ]
     assert [m["max_model_len"] for m in data] == [256, 64]
     assert [m["num_workers"] for m in data] == [1, 2]
+    assert one.status_code == 200 and one.json() == data[0]
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
 async def test_health_needs_nothing_and_ready_needs_a_worker(
