@@ -13,6 +13,7 @@ from worker.loader.hf_checkpoint import HFCheckpoint
 from worker.model.llama import LlamaForCausalLM
 from worker.model.parallel import ParallelContext
 from worker.parallel.node import assign_devices, group_env
+from worker.parallel.settings import parallel_settings
 from worker.parallel.shard_weights import rank_weights
 
 
@@ -86,3 +87,11 @@ def test_the_node_launcher_gives_each_group_its_own_gpus() -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["BUSSTOP_WORKER_TENSOR_PARALLEL_SIZE"] == "2"
     with pytest.raises(ValueError, match="do not split"):
         assign_devices(["0", "1", "2"], 2)
+
+
+def test_the_tp_size_comes_from_the_command_line_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUSSTOP_WORKER_TENSOR_PARALLEL_SIZE", "2")
+    assert parallel_settings([]).tensor_parallel_size == 2
+    assert parallel_settings(["--tensor-parallel-size", "3"]).tensor_parallel_size == 3
+    with pytest.raises(SystemExit):
+        parallel_settings(["--tensor-parallel-size", "0"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,10 @@ def parallel_settings(argv: list[str]) -> ParallelSettings:
     parser = argparse.ArgumentParser(prog="python -m worker")
     parser.add_argument("--tensor-parallel-size", type=int, default=None, help="ranks (GPUs) in this worker")
     args = parser.parse_args(argv)
-    if args.tensor_parallel_size is None:
-        return ParallelSettings()
-    return ParallelSettings(tensor_parallel_size=args.tensor_parallel_size)
+    overrides = {}
+    if args.tensor_parallel_size is not None:
+        overrides["tensor_parallel_size"] = args.tensor_parallel_size
+    try:
+        return ParallelSettings(**overrides)
+    except ValidationError as e:
+        parser.error(f"tensor-parallel settings: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
