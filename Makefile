@@ -3,7 +3,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch; on a GPU machine use e.g. TORCH_SPEC="torch==2.13.0" from a CUDA index.
 TORCH_SPEC ?= torch==2.13.0
-KUBECTL_VERSION ?= v1.32.4
 
 .PHONY: install system-deps up test lint bench
 
@@ -23,14 +22,8 @@ system-deps:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium is not installed: the browser test will be skipped"
-# kubectl renders the k8s/ overlays in tests/deploy: the release binary, checked against its published sha256.
-	@command -v kubectl >/dev/null 2>&1 || [ -x $(VENV)/bin/kubectl ] || { \
-		arch=$$(uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/'); \
-		base=https://dl.k8s.io/release/$(KUBECTL_VERSION)/bin/linux/$$arch/kubectl; \
-		curl -fsSLo $(VENV)/bin/kubectl $$base && \
-		echo "$$(curl -fsSL $$base.sha256)  $(VENV)/bin/kubectl" | sha256sum -c --quiet - && \
-		chmod +x $(VENV)/bin/kubectl; } || \
-		{ rm -f $(VENV)/bin/kubectl; echo "kubectl is not installed: the k8s manifest tests will be skipped"; }
+# kubectl (its built-in kustomize) renders the k8s/ overlays in tests/deploy; the machine image carries it.
+	@command -v kubectl >/dev/null 2>&1 || echo "kubectl is not installed: the k8s manifest tests will be skipped"
 
 up: install
 	$(VENV)/bin/busstop up
