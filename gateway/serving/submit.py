@@ -77,7 +77,10 @@ async def start_generation(
     try:
         accepted = await generation.start()
     except BaseException as exc:
-        generation.telemetry.finish(exc.status if isinstance(exc, OpenAIError) else CLIENT_CLOSED)
+        if isinstance(exc, OpenAIError):
+            generation.telemetry.finish(exc.status)
+        else:  # Redis failed (the client is told 503), or the client went away
+            generation.telemetry.finish(503 if isinstance(exc, RedisError) else CLIENT_CLOSED)
         with anyio.CancelScope(shield=True):
             await lease.release(None)
             if not generation.is_finished:
