@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from gateway.main import create_app
@@ -68,3 +69,18 @@ async def test_a_request_no_worker_accepts_is_withdrawn(redis_url: str) -> None:
         assert await redis.xlen(keys.request_stream("tiny", TrafficClass.INTERACTIVE)) == 0
     finally:
         await redis.aclose()
+
+
+async def test_a_client_that_leaves_a_non_stream_request_cancels_it(
+    server: ServerThread, redis_url: str
+) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 500}
+    async with FakeWorker(redis_url, words=MANY_WORDS, delay_s=0.02) as worker:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=HEADERS, timeout=httpx.Timeout(10, read=0.3)
+        ) as http:
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+                await http.post("/v1/chat/completions", json=body)
+        await wait_until(lambda: worker.requests, "the worker got the request")
+        req_id = worker.requests[0].req_id
+        await wait_until(lambda: req_id in worker.cancelled, "the worker got the CancelRequest")
