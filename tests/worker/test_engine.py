@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
-from tests.worker.tiny_llama import assert_page_accounting, make_engine, make_hf_model, reference_greedy
+from tests.worker.tiny_llama import (
+    assert_page_accounting,
+    make_engine,
+    make_hf_model,
+    one_torch_thread,
+    reference_greedy,
+)
 from worker.engine.engine import Engine, RequestOutput, generate
 from worker.engine.sampling_params import SamplingParams
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0)
 

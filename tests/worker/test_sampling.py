@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
-from tests.worker.tiny_llama import make_engine, make_hf_model
+from tests.worker.tiny_llama import make_engine, make_hf_model, one_torch_thread
 from worker.engine.engine import Engine
 from worker.engine.sampler import sample
 from worker.engine.sampling_params import SamplingParams
 from worker.engine.sequence import Sequence
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
 
 EOS = 3
 
