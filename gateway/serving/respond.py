@@ -18,6 +18,8 @@ from shared.messages import ReplyEvent, Usage
 
 # nginx's "client closed request": logged when the client left before a non-stream answer was ready.
 CLIENT_CLOSED = 499
+# As OpenAI's API: the id to quote when asking about a request (logs and traces carry it too).
+REQUEST_ID_HEADER = "x-request-id"
 
 
 async def respond(
@@ -29,8 +31,10 @@ async def respond(
     stream: bool,
     include_usage: bool,
 ) -> Response:
+    headers = {REQUEST_ID_HEADER: generation.request.req_id}
     if stream:
-        return EventStreamResponse(stream_events(generation, fmt, lease, include_usage, http.is_disconnected))
+        events = stream_events(generation, fmt, lease, include_usage, http.is_disconnected)
+        return EventStreamResponse(events, headers=headers)
     usage: Usage | None = None
     try:
         body, usage = await collect(generation, accepted, fmt, http.is_disconnected)
@@ -42,4 +46,4 @@ async def respond(
             await lease.release(usage)
     if body is None:
         return Response(status_code=CLIENT_CLOSED)
-    return Response(to_json(body), media_type="application/json")
+    return Response(to_json(body), media_type="application/json", headers=headers)

@@ -185,6 +185,7 @@ async def test_sse_wire_format_is_exact(server: ServerThread, redis_url: str) ->
         response = await http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-request-id"] and response.headers["x-request-id"] in response.text
     events = sse_events(response.text)
     assert events[-1] == "[DONE]"
     chunks = [from_json(e) for e in events[:-1]]
