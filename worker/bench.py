@@ -58,10 +58,19 @@ class Result:
 
 
 def make_workload(n: int, vocab_size: int, prompt_len: tuple[int, int], output_len: tuple[int, int],
-                  seed: int) -> list[Request]:
+                  output_dist: str, seed: int) -> list[Request]:
+    """Uniform prompt lengths; output lengths uniform, or exponential (many short answers, a few long
+    ones, like chat) with mean min + (max - min) / 4, clipped at max."""
     rng = random.Random(seed)
-    return [Request([rng.randrange(vocab_size) for _ in range(rng.randint(*prompt_len))],
-                    rng.randint(*output_len)) for _ in range(n)]
+    lo, hi = output_len
+
+    def output_tokens() -> int:
+        if output_dist == "uniform":
+            return rng.randint(lo, hi)
+        return min(hi, lo + int(rng.expovariate(4 / (hi - lo))))
+
+    return [Request([rng.randrange(vocab_size) for _ in range(rng.randint(*prompt_len))], output_tokens())
+            for _ in range(n)]
 
 
 def random_model(config: ModelConfig, seed: int) -> LlamaForCausalLM:
@@ -115,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, nargs=2, default=(16, 64), metavar=("MIN", "MAX"))
     parser.add_argument("--output-len", type=int, nargs=2, default=(8, 128), metavar=("MIN", "MAX"))
+    parser.add_argument("--output-dist", default="uniform", choices=("uniform", "exponential"))
     parser.add_argument("--no-kv-max-s", type=float, default=60.0,
                         help="time cap for the no-kv mode (it flatters no-kv: its later steps are slower)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -136,10 +146,10 @@ def main(argv: list[str] | None = None) -> None:
                           dtype=getattr(torch, args.dtype), max_num_batched_tokens=4096,
                           enable_prefix_caching=False)
     workload = make_workload(args.num_requests, model.config.vocab_size, tuple(args.prompt_len),
-                             tuple(args.output_len), args.seed)
+                             tuple(args.output_len), args.output_dist, args.seed)
     print(f"model: {name}; {len(workload)} requests, prompts {args.prompt_len[0]}-{args.prompt_len[1]}, "
-          f"outputs {args.output_len[0]}-{args.output_len[1]} tokens; max_num_seqs {args.max_num_seqs}; "
-          f"{torch.get_num_threads()} threads; {args.device}, {args.dtype}")
+          f"outputs {args.output_len[0]}-{args.output_len[1]} tokens ({args.output_dist}); "
+          f"max_num_seqs {args.max_num_seqs}; {torch.get_num_threads()} threads; {args.device}, {args.dtype}")
     run(Engine(model, config, ()), workload[:2], "continuous", float("inf"))  # warm-up
 
     results = {}
