@@ -108,3 +108,15 @@ def test_engine_on_cuda_with_flashinfer_matches_torch_backend() -> None:
         results[backend] = generate(engine, prompts, params)
     # fp16 kernels differ in summation order; the first tokens must agree, later ones may drift on ties
     assert [r[:3] for r in results["flashinfer"]] == [r[:3] for r in results["torch"]]
+
+
+def test_backend_choice() -> None:
+    from worker.engine.attention import resolve_backend_name
+
+    cpu = torch.device("cpu")
+    assert resolve_backend_name("auto", cpu, torch.bfloat16) == "torch"
+    assert resolve_backend_name("torch", cpu, torch.float32) == "torch"
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_backend_name("flashinfer", cpu, torch.bfloat16)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        resolve_backend_name("flashinfer", torch.device("cuda"), torch.float32)

@@ -25,7 +25,7 @@ __all__ = ["Capacity", "Engine", "EngineStats", "RequestOutput", "TokenLogprobs"
 
 def _make_backend(config: EngineConfig, model: LlamaForCausalLM, device: torch.device
                   ) -> BaseAttentionBackend:
-    if resolve_backend_name(config.attention_backend, device) == "flashinfer":
+    if resolve_backend_name(config.attention_backend, device, config.dtype) == "flashinfer":
         from worker.engine.attention.flashinfer_backend import FlashInferAttentionBackend
 
         return FlashInferAttentionBackend(*model.attention_shape, config.dtype, device)

@@ -16,13 +16,18 @@ def flashinfer_available() -> bool:
     return True
 
 
-def resolve_backend_name(name: str, device: torch.device) -> str:
-    """"auto" is flashinfer on CUDA when importable, torch otherwise; ValueError if unusable."""
+FLASHINFER_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def resolve_backend_name(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """"auto" is flashinfer on CUDA in fp16/bf16 when importable, torch otherwise; ValueError if an
+    explicit choice cannot run."""
+    usable = device.type == "cuda" and dtype in FLASHINFER_DTYPES
     if name == "auto":
-        return "flashinfer" if device.type == "cuda" and flashinfer_available() else "torch"
-    if name == "flashinfer" and (device.type != "cuda" or not flashinfer_available()):
-        raise ValueError("attention_backend 'flashinfer' needs a CUDA device and the flashinfer package "
-                         "(pip install 'busstop[gpu]')")
+        return "flashinfer" if usable and flashinfer_available() else "torch"
+    if name == "flashinfer" and not (usable and flashinfer_available()):
+        raise ValueError("attention_backend 'flashinfer' needs a CUDA device, dtype float16 or bfloat16 and "
+                         "the flashinfer package (pip install 'busstop[gpu]')")
     return name
 
 
