@@ -85,8 +85,11 @@ async def run_request(
     api_key: str | None = None,
     chat: bool = True,
     ignore_eos: bool = True,
+    extra_body: dict[str, object] | None = None,
 ) -> RequestResult:
-    """Send one streaming request and time it; never raises for server or network errors."""
+    """Send one streaming request and time it; never raises for server or network errors.
+
+    ``extra_body`` adds fields to the request body (e.g. vLLM's ``priority``)."""
     path = "/v1/chat/completions" if chat else "/v1/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     start = time.perf_counter()
@@ -95,7 +98,7 @@ async def run_request(
     last = start
     num_text_events = 0
     try:
-        body = build_body(model, spec, chat, ignore_eos)
+        body = {**build_body(model, spec, chat, ignore_eos), **(extra_body or {})}
         async with client.stream("POST", url.rstrip("/") + path, json=body, headers=headers) as response:
             if response.status_code != 200:
                 await response.aread()
