@@ -158,3 +158,20 @@ def test_bfloat16_engine_follows_the_float32_reference(hf_model) -> None:
     outs = generate(engine, prompts, SamplingParams(max_tokens=4, temperature=0.0))
     # bf16 rounding may flip near-ties later on; the first tokens follow the fp32 reference
     assert [o[:2] for o in outs] == [reference_greedy(hf_model, p, 2)[0] for p in prompts]
+
+
+def test_interactive_request_preempts_batch_requests_and_all_outputs_stay_exact(hf_model) -> None:
+    engine = make_engine(hf_model, max_num_seqs=2, enable_prefix_caching=False)
+    batch_prompts = {"b0": list(range(40, 52)), "b1": list(range(60, 70))}
+    for req_id, prompt in batch_prompts.items():
+        engine.add_request(req_id, prompt, GREEDY, priority=2)
+    first = engine.step()
+    engine.add_request("chat", [5, 6, 7], GREEDY, priority=0)
+    second = engine.step()
+    assert engine.stats().num_preemptions == 1
+    assert "chat" in {o.req_id for o in second}
+    outputs = drain(engine)
+    for req_id, prompt in {**batch_prompts, "chat": [5, 6, 7]}.items():
+        tokens = [t for o in first + second + outputs.get(req_id, []) if o.req_id == req_id
+                  for t in o.new_token_ids]
+        assert tokens == reference_greedy(hf_model, prompt, 6)[0], req_id
