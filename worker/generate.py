@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> None:
         loaded.eos_token_ids,
     )
     ids = prompt_ids(loaded, args)
+    if len(ids) >= loaded.max_model_len:
+        raise ValueError(f"the prompt has {len(ids)} tokens; the context window is {loaded.max_model_len}")
     params = SamplingParams(
         max_tokens=min(args.max_tokens, loaded.max_model_len - len(ids)),
         temperature=args.temperature,
