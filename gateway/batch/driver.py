@@ -148,21 +148,17 @@ class BatchDriver:
 
     async def _run_line(self, batch: Batch, line: BatchLine, prior: tuple[str, str] | None) -> None:
         req_id = line_id(batch.id, line.index)
+        try:
+            request = await self._executor.build(batch.endpoint, line.body, req_id, self._tenant)
+        except OpenAIError as exc:  # the line cannot run (bad body, unknown model): its answer is the error
+            out = output_line(batch.id, line.index, line.custom_id, exc.status, exc.body())
+            await self._store.record(batch.id, line.index, out, is_ok=False)
+            return
+        stream = keys.request_stream(request.model, TrafficClass.BATCH)
         if prior is None:
-            try:
-                request = await self._executor.build(batch.endpoint, line.body, req_id, self._tenant)
-            except OpenAIError as exc:
-                out = output_line(batch.id, line.index, line.custom_id, exc.status, exc.body())
-                await self._store.record(batch.id, line.index, out, is_ok=False)
-                return
-            stream = keys.request_stream(request.model, TrafficClass.BATCH)
-            message = request.model_copy(update={"arrival_time": time.time()}).model_dump_json()
-            await self._store.submit(batch.id, line.index, req_id, stream, message)
+            await self._store.submit(batch.id, line.index, req_id, stream, request.model_dump_json())
             prior = await self._store.submitted_line(batch.id, line.index)
             assert prior is not None  # just submitted, by this call or a concurrent one
-        else:
-            request = await self._executor.build(batch.endpoint, line.body, req_id, self._tenant)
-        stream = keys.request_stream(request.model, TrafficClass.BATCH)
         events = await await_reply(
             self._redis, Submitted(prior[0], stream, prior[1]), self._stopping, self._read_block_ms
         )
