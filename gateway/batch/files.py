@@ -35,10 +35,7 @@ class FileTooLarge(Exception):
 
 
 class FileStore:
-    """Files of tenants. A tenant only ever sees its own files; others' are reported as missing.
-
-    ``redis`` must decode responses (``decode_responses=True``), as the gateway's client does.
-    """
+    """Files of tenants. A tenant only ever sees its own files; others' are reported as missing."""
 
     def __init__(self, redis: Redis, root: Path) -> None:
         self._redis = redis
@@ -94,7 +91,7 @@ class FileStore:
         return await self.create(tenant, filename, purpose, chunks(), max_bytes=1 << 62, file_id=file_id)
 
     async def get(self, tenant: str, file_id: str) -> FileObject | None:
-        data: dict[str, str] = await self._redis.hgetall(keys.file_key(file_id))
+        data = {_str(k): _str(v) for k, v in (await self._redis.hgetall(keys.file_key(file_id))).items()}
         if not data or data["tenant"] != tenant:
             return None
         return FileObject.model_validate_json(data["json"])
@@ -117,6 +114,10 @@ class FileStore:
         await self._redis.delete(keys.file_key(file_id))
         self.path(file_id).unlink(missing_ok=True)
         return True
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def deleted_body(file_id: str) -> dict[str, Any]:

@@ -67,9 +67,15 @@ return redis.call("DEL", KEYS[1])
 """
 
 
-class BatchStore:
-    """Batches in Redis; ``redis`` must decode responses (``decode_responses=True``), as the gateway's."""
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
+
+def _strs(data: dict[Any, Any]) -> dict[str, str]:
+    return {_str(k): _str(v) for k, v in data.items()}
+
+
+class BatchStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._transition = redis.register_script(_TRANSITION)
@@ -82,14 +88,14 @@ class BatchStore:
 
     async def create(self, batch: Batch, tenant: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.batch_key(batch.id), mapping=batch_to_fields(batch, tenant))
+            pipe.hset(keys.batch_key(batch.id), mapping=batch_to_fields(batch, tenant))  # type: ignore[arg-type]
             pipe.zadd(keys.batches_index(tenant), {batch.id: time.time()})
             pipe.sadd(keys.BATCHES_ACTIVE, batch.id)
             await pipe.execute()
 
     async def get(self, batch_id: str, tenant: str | None = None) -> Batch | None:
         """The batch, or ``None`` if it does not exist or belongs to another tenant than ``tenant``."""
-        data: dict[str, str] = await self._redis.hgetall(keys.batch_key(batch_id))
+        data = _strs(await self._redis.hgetall(keys.batch_key(batch_id)))
         if not data or (tenant is not None and data.get("tenant") != tenant):
             return None
         return batch_from_fields(data)
@@ -100,8 +106,8 @@ class BatchStore:
         start = 0
         if after is not None:
             rank = await self._redis.zrevrank(index, after)
-            start = 0 if rank is None else rank + 1
-        ids: list[str] = await self._redis.zrevrange(index, start, start + limit)
+            start = 0 if rank is None else int(rank) + 1  # type: ignore[arg-type]
+        ids = [_str(i) for i in await self._redis.zrevrange(index, start, start + limit)]  # type: ignore[arg-type]
         batches = [b for b in [await self.get(i, tenant) for i in ids[:limit]] if b is not None]
         return batches, len(ids) > limit
 
@@ -125,13 +131,13 @@ class BatchStore:
 
     async def tenant_of(self, batch_id: str) -> str | None:
         raw = await self._redis.hget(keys.batch_key(batch_id), "tenant")
-        return raw
+        return None if raw is None else _str(raw)
 
     async def set_total(self, batch_id: str, total: int) -> None:
         await self._redis.hset(keys.batch_key(batch_id), "total", total)
 
     async def active_ids(self) -> list[str]:
-        return sorted(await self._redis.smembers(keys.BATCHES_ACTIVE))
+        return sorted(_str(i) for i in await self._redis.smembers(keys.BATCHES_ACTIVE))
 
     # --- lines ---------------------------------------------------------------------------------------
 
@@ -139,19 +145,19 @@ class BatchStore:
         """XADD the line's request unless it was ever submitted; the message id if this call submitted it."""
         submitted = keys.batch_lines(batch_id, "submitted")
         msg_id = await self._submit(keys=[submitted, stream], args=[index, req_id, message])
-        return msg_id or None
+        return _str(msg_id) if msg_id else None
 
     async def submitted_line(self, batch_id: str, index: int) -> tuple[str, str] | None:
         """(req_id, request message id) of a submitted line."""
         raw = await self._redis.hget(keys.batch_lines(batch_id, "submitted"), str(index))
         if raw is None:
             return None
-        req_id, _, msg_id = raw.partition(" ")
+        req_id, _, msg_id = _str(raw).partition(" ")
         return req_id, msg_id
 
     async def submitted(self, batch_id: str) -> dict[int, tuple[str, str]]:
         """Line index -> (req_id, request message id) of every line already submitted."""
-        raw = await self._redis.hgetall(keys.batch_lines(batch_id, "submitted"))
+        raw = _strs(await self._redis.hgetall(keys.batch_lines(batch_id, "submitted")))
         out: dict[int, tuple[str, str]] = {}
         for k, v in raw.items():
             req_id, _, msg_id = v.partition(" ")
@@ -161,7 +167,7 @@ class BatchStore:
     async def record(self, batch_id: str, index: int, line: str, is_ok: bool) -> bool:
         """Keep a line's output (``is_ok``) or error line once, counting it; ``False`` if already kept."""
         kind, counter = ("results", "completed") if is_ok else ("errors", "failed")
-        args = [index, line, counter]
+        args: list[str | int] = [index, line, counter]
         return bool(
             await self._record(keys=[keys.batch_lines(batch_id, kind), keys.batch_key(batch_id)], args=args)
         )
@@ -174,7 +180,7 @@ class BatchStore:
 
     async def lines(self, batch_id: str, kind: str) -> list[str]:
         """The kept ``results`` or ``errors`` lines, in input order."""
-        raw = await self._redis.hgetall(keys.batch_lines(batch_id, kind))
+        raw = _strs(await self._redis.hgetall(keys.batch_lines(batch_id, kind)))
         return [v for _, v in sorted((int(k), v) for k, v in raw.items())]
 
     async def drop_lines(self, batch_id: str) -> None:
