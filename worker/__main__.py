@@ -20,7 +20,7 @@ from shared.telemetry.worker_metrics import WorkerMetrics, start_metrics_server
 from worker.engine.config import EngineConfig
 from worker.engine.engine import Engine
 from worker.engine.kv_cache import page_bytes
-from worker.loader import LoadedModel, ModelSettings, get_model_settings, load_model
+from worker.loader import LoadedModel, ModelLoadError, ModelSettings, get_model_settings, load_model
 from worker.model.parallel import SINGLE, ParallelContext
 from worker.parallel.serving import start_tensor_parallel
 from worker.parallel.settings import ParallelSettings, parallel_settings
@@ -106,7 +106,11 @@ def main() -> int:
     settings = get_worker_settings()
     configure_logging()  # BUSSTOP_LOG_LEVEL, BUSSTOP_LOG_FORMAT
     setup_tracing("busstop-worker")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
-    return asyncio.run(serve(settings, get_model_settings(), parallel_settings(sys.argv[1:])))
+    try:
+        return asyncio.run(serve(settings, get_model_settings(), parallel_settings(sys.argv[1:])))
+    except ModelLoadError as exc:  # one line naming the file, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
