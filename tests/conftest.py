@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared.redis_server import RedisServer
-from tests.e2e.conftest import stack, store  # noqa: F401 - one running stack for e2e, browser and load tests
+from tests.stack import stack, store  # noqa: F401 - one running stack for the e2e, browser and load tests
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,7 +13,7 @@ import time
 import httpx
 
 from shared.redis_server import free_port
-from tests.e2e.conftest import E2E_ENV, READY_TIMEOUT_S
+from tests.stack import E2E_ENV, READY_TIMEOUT_S
 
 
 def is_listening(port: int) -> bool:

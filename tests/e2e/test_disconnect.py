@@ -10,7 +10,7 @@ import redis
 
 from shared.messages import ReplyKind
 from shared.stack import LocalStack
-from tests.e2e.conftest import MODEL, heartbeats, reply_events, req_id_of_chunk
+from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk
 
 
 def test_a_disconnected_stream_is_aborted_and_its_pages_freed(stack: LocalStack, store: redis.Redis) -> None:

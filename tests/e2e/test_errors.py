@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from shared.stack import LocalStack
-from tests.e2e.conftest import MAX_MODEL_LEN, MODEL
+from tests.stack import MAX_MODEL_LEN, MODEL
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from shared.stack import LocalStack
-from tests.e2e.conftest import MAX_MODEL_LEN, MODEL
+from tests.stack import MAX_MODEL_LEN, MODEL
 
 FIXED_LENGTH = {"ignore_eos": True}  # vLLM's extension: exactly max_tokens tokens
 

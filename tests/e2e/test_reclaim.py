@@ -18,7 +18,7 @@ import redis
 from shared import keys
 from shared.messages import ReplyKind, TrafficClass
 from shared.stack import LocalStack
-from tests.e2e.conftest import MODEL, heartbeats, reply_events, req_id_of_chunk, running_stack
+from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk, running_stack
 
 NUM_TOKENS = 96
 

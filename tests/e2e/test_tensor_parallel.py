@@ -17,7 +17,7 @@ import redis
 
 from shared.messages import ReplyKind
 from shared.stack import LocalStack
-from tests.e2e.conftest import MODEL, reply_events, req_id_of_chunk, running_stack
+from tests.stack import MODEL, reply_events, req_id_of_chunk, running_stack
 
 NUM_TOKENS = 64
 TP_ENV = {"BUSSTOP_WORKER_TENSOR_PARALLEL_SIZE": "3"}

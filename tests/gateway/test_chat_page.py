@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from shared.keys import reply_stream
 from shared.messages import ReplyKind, WorkerHeartbeat
 from shared.stack import LocalStack
-from tests.e2e.conftest import MODEL, heartbeats, reply_events
+from tests.stack import MODEL, heartbeats, reply_events
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

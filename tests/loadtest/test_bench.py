@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from shared.stack import LocalStack
-from tests.e2e.conftest import MODEL
+from tests.stack import MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -24,7 +24,7 @@ from shared.keys import request_stream
 from shared.messages import TrafficClass
 from shared.redis_server import free_port
 from shared.stack import LocalStack
-from tests.e2e.conftest import MODEL
+from tests.stack import MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC_KEY = "loadtest-public-key"
