@@ -16,7 +16,11 @@ batch class: on busstop with an internal key and the ``x-busstop-traffic-class: 
 (interactive requests use a public key, the interactive class); on vLLM (started with
 ``--scheduling-policy priority``) with ``"priority": 10`` against the interactive requests' 0.
 On busstop ``--flood batch-api`` instead runs one Batch API job large enough to outlast the phase,
-and counts its completed lines (outputs are exactly ``--batch-output-len`` tokens, ``ignore_eos``).
+and counts its completed lines (outputs are exactly ``--batch-output-len`` tokens, ``ignore_eos``);
+its concurrency is then the gateway's ``BUSSTOP_BATCH_WINDOW`` (32), not ``--batch-concurrency``.
+
+Throughput counts requests (or lines) that finished inside the phase, so a phase should last many
+times one flood request (the default 60 s against 128-token outputs).
 """
 
 from __future__ import annotations
