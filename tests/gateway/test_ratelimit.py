@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from gateway.core.auth import hash_key
 from gateway.main import create_app
 from gateway.ratelimit import QueueCap, QueueCapSettings, RateLimiter, RateLimits, format_duration, num_queued
 from shared import keys
-from shared.messages import TrafficClass
+from shared.messages import TrafficClass, WorkerHeartbeat
 from tests.gateway.conftest import make_settings
 from tests.gateway.fake_worker import FakeWorker
 
@@ -191,3 +192,32 @@ async def test_gateway_answers_429_over_tpm_and_refunds_unused_tokens(
     assert int(refused.headers["retry-after"]) >= 1
     assert int(refused.headers["x-ratelimit-remaining-tokens"]) < 60  # less than the 50 + prompt asked
     assert too_large.status_code == 429 and too_large.json()["error"]["code"] == "request_too_large"
+
+
+async def test_a_full_class_queue_is_a_fast_503_with_retry_after(
+    redis_url: str, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BUSSTOP_MAX_QUEUED_INTERACTIVE", "2")
+    stream = keys.request_stream("tiny", TrafficClass.INTERACTIVE)
+    # A live worker that takes nothing: two requests already wait in the interactive stream.
+    beat = WorkerHeartbeat(worker_id="busy", model="tiny", max_model_len=64, time=time.time())
+    await redis.set(keys.worker_key("tiny", "busy"), beat.model_dump_json(), ex=60)
+    await redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+    for i in range(2):
+        await redis.xadd(stream, {"data": str(i)})
+    entry = {"sha256": hash_key(PUBLIC_KEY), "tenant": "web", "traffic_class": "public"}
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({"keys": [entry]}))
+    app = create_app(make_settings(redis_url, dev_api_key=None, keys_file=keys_file))
+    headers = {"Authorization": f"Bearer {PUBLIC_KEY}"}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw", headers=headers
+        ) as client,
+    ):
+        response = await client.post("/v1/chat/completions", json=chat_body(4))
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "queue_full"
+    assert response.headers["retry-after"] == "2"
+    assert await redis.xlen(stream) == 2  # refused before queueing
