@@ -27,6 +27,9 @@ class BatchSettings(BaseSettings):
     batch_poll_s: float = Field(default=1.0, gt=0)
     # After cancel (or expiry), how long in-flight lines get to finish before the batch is closed.
     batch_cancel_grace_s: float = Field(default=30.0, ge=0)
+    # After this long without a reply event, a line checks that its answer can still come: one served
+    # while no replica was reading (its reply stream expired) is failed as result_lost, not waited for.
+    batch_lost_check_s: float = Field(default=30.0, gt=0)
 
 
 @lru_cache

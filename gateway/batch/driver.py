@@ -160,7 +160,11 @@ class BatchDriver:
             prior = await self._store.submitted_line(batch.id, line.index)
             assert prior is not None  # just submitted, by this call or a concurrent one
         events = await await_reply(
-            self._redis, Submitted(prior[0], stream, prior[1]), self._stopping, self._read_block_ms
+            self._redis,
+            Submitted(prior[0], stream, prior[1]),
+            self._stopping,
+            self._read_block_ms,
+            self._settings.batch_lost_check_s,
         )
         if events is None or (events[-1].kind == ReplyKind.DONE and events[-1].finish_reason == "abort"):
             return  # stopped by cancel or expiry: the line has no result
