@@ -1,8 +1,9 @@
 """``python -m worker``: load the model, then serve it from Redis until SIGTERM or SIGINT.
 
-Settings come from the environment: ``BUSSTOP_WORKER_*`` (worker/service/settings.py) and
-``BUSSTOP_MODEL_*`` (worker/loader/settings.py). A first signal stops intake and lets running
-requests finish within the grace period; a second one ends the grace period at once.
+Settings come from the environment: ``BUSSTOP_WORKER_*`` (worker/service/settings.py),
+``BUSSTOP_MODEL_*`` (worker/loader/settings.py) and ``BUSSTOP_ENGINE_*`` (worker/engine/settings.py).
+A first signal stops intake and lets running requests finish within the grace period; a second one
+ends the grace period at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import signal
 import sys
 
+import torch
 from redis.asyncio import Redis
 
 from shared.telemetry.logs import configure_logging
@@ -20,6 +22,7 @@ from shared.telemetry.worker_metrics import WorkerMetrics, start_metrics_server
 from worker.engine.config import EngineConfig
 from worker.engine.engine import Engine
 from worker.engine.kv_cache import page_bytes
+from worker.engine.settings import EngineSettings, get_engine_settings
 from worker.loader import LoadedModel, ModelLoadError, ModelSettings, get_model_settings, load_model
 from worker.model.parallel import SINGLE, ParallelContext
 from worker.parallel.serving import start_tensor_parallel
@@ -31,11 +34,14 @@ log = logging.getLogger("worker")
 
 
 def build_engine(
-    settings: ModelSettings, parallel: ParallelContext = SINGLE
+    settings: ModelSettings, parallel: ParallelContext = SINGLE, engine_settings: EngineSettings | None = None
 ) -> tuple[Engine, LoadedModel, int]:
     """Load the model (rank 0's shard under TP) and build its engine.
 
     Returns (engine, loaded model, max_model_len served)."""
+    engine_settings = engine_settings or get_engine_settings()
+    if engine_settings.num_threads:
+        torch.set_num_threads(engine_settings.num_threads)
     loaded = load_model(settings, parallel)
     page_size = EngineConfig.page_size
     dtype = settings.torch_dtype()
@@ -60,6 +66,10 @@ def build_engine(
         page_size=page_size,
         kv_cache_bytes=settings.kv_cache_bytes,
         max_model_len=max_model_len,
+        max_num_seqs=engine_settings.max_num_seqs,
+        max_num_batched_tokens=engine_settings.max_num_batched_tokens,
+        enable_prefix_caching=engine_settings.enable_prefix_caching,
+        attention_backend=engine_settings.attention_backend,
         device=str(settings.torch_device()),
         dtype=dtype,
     )
