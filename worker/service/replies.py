@@ -36,10 +36,11 @@ class ReplyBatch:
         return bool(self.events or self.finals)
 
     async def write(self, redis: Redis) -> None:
-        """XADD every event, keep reply streams alive, then XACK the finished requests' messages.
+        """XADD every event, keep reply streams alive, then XACK and XDEL the finished requests' messages.
 
         Acks go after their final events in the same pipeline, so a message is never acked before
-        its reply is complete.
+        its reply is complete; the acked message is deleted so request streams hold only queued and
+        in-flight work.
         """
         if not self:
             return
@@ -56,4 +57,5 @@ class ReplyBatch:
             pipe.expire(stream, keys.REPLY_DONE_TTL_S)
         for _req_id, message in self.finals:
             pipe.xack(message.stream, keys.WORKER_GROUP, message.msg_id)
+            pipe.xdel(message.stream, message.msg_id)
         await pipe.execute()

@@ -33,7 +33,7 @@ async def events(redis: Redis, req_id: str) -> list[ReplyEvent]:
     return [ReplyEvent.model_validate_json(fields[DATA_FIELD]) for _, fields in entries]
 
 
-async def test_batch_writes_events_in_order_and_acks_finished_requests(redis: Redis) -> None:
+async def test_batch_writes_events_in_order_and_acks_and_deletes_finished_requests(redis: Redis) -> None:
     message = await held_message(redis)
     batch = ReplyBatch()
     batch.add("a", ReplyEvent(seq=0, kind=ReplyKind.ACCEPTED, worker_id="w"))
@@ -51,6 +51,7 @@ async def test_batch_writes_events_in_order_and_acks_finished_requests(redis: Re
     assert 0 < await redis.ttl(keys.reply_stream("a")) <= keys.REPLY_DONE_TTL_S
     assert keys.REPLY_DONE_TTL_S < await redis.ttl(keys.reply_stream("b")) <= keys.REPLY_TTL_S
     assert (await redis.xpending(message.stream, keys.WORKER_GROUP))["pending"] == 0
+    assert await redis.xrange(message.stream, message.msg_id, message.msg_id) == []
 
 
 async def test_an_empty_batch_writes_nothing(redis: Redis) -> None:
