@@ -70,11 +70,33 @@ def test_waiting_order_is_priority_then_arrival_with_aging() -> None:
     sched.add(seq("interactive-old", 4, priority=0, arrival=99.0))
     assert plan(sched.schedule()) == {"interactive-old": 4}
 
-    # 35 s of waiting is worth 3.5 levels: the batch request now goes before a fresh interactive one.
-    sched2, _, _ = make(max_num_seqs=1, aging_s=10.0)
+    # 35 s of waiting in the engine is worth 3.5 levels: the batch request now goes before a fresh
+    # interactive one.
+    sched2, _, clock2 = make(max_num_seqs=1, aging_s=10.0)
+    clock2.now = 65.0
     sched2.add(seq("batch-old", 4, priority=2, arrival=65.0))
+    clock2.now = 100.0
     sched2.add(seq("interactive-new", 4, priority=0, arrival=100.0))
     assert plan(sched2.schedule()) == {"batch-old": 4}
+
+
+def test_aging_counts_waiting_in_the_engine_not_the_time_since_arrival() -> None:
+    # A batch request that spent 60 s in Redis before this engine took it has not waited here.
+    sched, _, _ = make(max_num_seqs=1, aging_s=10.0)
+    sched.add(seq("batch-queued-long", 4, priority=2, arrival=40.0))
+    sched.add(seq("interactive", 4, priority=0, arrival=100.0))
+    assert plan(sched.schedule()) == {"interactive": 4}
+
+
+def test_a_running_batch_request_that_never_waited_is_preempted_for_interactive() -> None:
+    sched, _, clock = make(max_num_seqs=1, aging_s=10.0)
+    sched.add(seq("batch", 4, priority=2, arrival=100.0))
+    advance(sched, sched.schedule())
+    clock.now = 160.0  # running for a minute earns no aging credit
+    sched.add(seq("chat", 4, priority=0, arrival=160.0))
+    out = sched.schedule()
+    assert plan(out) == {"chat": 4}
+    assert out.preempted_req_ids == ["batch"]
 
 
 def test_page_shortage_preempts_lowest_priority_latest_arrival() -> None:

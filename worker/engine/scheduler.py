@@ -7,6 +7,10 @@ The scheduler never touches tensors. Each step, within a token budget and a sequ
    priority minus an aging bonus, then arrival, so a fresh interactive prompt is not stuck behind a
    long batch prompt's chunks. A prompt that does not fit the remaining budget is chunked.
 
+Aging counts only time spent waiting in this engine, one priority level per ``aging_s``: a request
+that sat in Redis before a worker took it has not been passed over by this scheduler. The credit a
+sequence earned while waiting stays with it while it runs and after a preemption.
+
 When pages run out a running sequence is preempted by recompute (its pages freed, its tokens
 prefilled again later): the victim is the lowest priority, then the latest arrival, possibly the
 sequence itself. A waiting request may also preempt running requests of a strictly lower priority
@@ -57,6 +61,7 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
+        seq.waiting_since = self.clock()
         self.waiting.append(seq)
 
     def remove(self, seq: Sequence) -> None:
@@ -72,8 +77,16 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def _waiting_key(self, now: float) -> Callable[[Sequence], tuple[float, float]]:
+        """(aged priority, arrival): lower goes first."""
         aging_s = self.config.aging_s
-        return lambda s: (s.priority - max(0.0, now - s.arrival_time) / aging_s, s.arrival_time)
+
+        def key(s: Sequence) -> tuple[float, float]:
+            waited = s.waited_s
+            if s.status is SequenceStatus.WAITING:
+                waited += max(0.0, now - s.waiting_since)
+            return s.priority - waited / aging_s, s.arrival_time
+
+        return key
 
     def schedule(self) -> SchedulerOutput:
         step = _Step(self)
@@ -108,6 +121,7 @@ class Scheduler:
         self.waiting.remove(seq)
         self.running.append(seq)
         seq.status = SequenceStatus.RUNNING
+        seq.waited_s += max(0.0, self.clock() - seq.waiting_since)
 
     def update_from_output(self, output: SchedulerOutput, sampled_token_ids: list[int | None],
                            eos_token_ids: frozenset[int]) -> list[Sequence]:
@@ -164,6 +178,7 @@ class _Step:
         self.bm.free(victim)
         victim.num_computed_tokens = 0
         victim.status = SequenceStatus.WAITING
+        victim.waiting_since = sched.clock()
         sched.waiting.append(victim)
         sched.num_preemptions += 1
         self.preempted.append(victim.req_id)

@@ -35,6 +35,10 @@ class Sequence:
         self.page_ids: list[int] = []
         self.page_hashes: list[int] = []  # chained hashes of the leading full, computed pages
         self.status = SequenceStatus.WAITING
+        # Aging credits time spent waiting in this engine (not in Redis before it): waited_s sums the
+        # finished waits, waiting_since starts the current one. The credit is kept while running.
+        self.waiting_since = arrival_time
+        self.waited_s = 0.0
         self.finish_reason: str | None = None
         self.generator = generator
 
