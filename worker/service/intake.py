@@ -28,8 +28,8 @@ class IntakeMessage:
     num_deliveries: int = 1  # times the group handed it to a worker, this one included
 
 
-def request_streams(model: str) -> list[str]:
-    return [keys.request_stream(model, tc) for tc in CLASS_ORDER]
+def request_streams(model: str, classes: tuple[TrafficClass, ...] = CLASS_ORDER) -> list[str]:
+    return [keys.request_stream(model, tc) for tc in classes]
 
 
 async def ensure_groups(redis: Redis, model: str) -> None:
@@ -52,16 +52,22 @@ def _messages(
 
 
 async def read_new(
-    redis: Redis, model: str, consumer: str, count: int, block_ms: int | None
+    redis: Redis,
+    model: str,
+    consumer: str,
+    count: int,
+    block_ms: int | None,
+    classes: tuple[TrafficClass, ...] = CLASS_ORDER,
 ) -> list[IntakeMessage]:
-    """Up to ``count`` new messages, higher classes first.
+    """Up to ``count`` new messages of ``classes``, higher classes first.
 
     Without ``block_ms`` every stream is polled in class order. With it, and nothing waiting, one
     blocking read covers all streams; it returns at most one message per stream, so it may return
-    up to ``len(CLASS_ORDER)`` messages even when ``count`` is smaller (the engine queues the extra).
+    up to ``len(classes)`` messages even when ``count`` is smaller (the engine queues the extra).
     """
+    streams = request_streams(model, classes)
     taken: list[IntakeMessage] = []
-    for stream in request_streams(model):
+    for stream in streams:
         if len(taken) >= count:
             return taken
         reply: Any = await redis.xreadgroup(
@@ -72,7 +78,7 @@ async def read_new(
     if taken or block_ms is None:
         return taken
     blocked: Any = await redis.xreadgroup(
-        keys.WORKER_GROUP, consumer, {s: ">" for s in request_streams(model)}, count=1, block=block_ms
+        keys.WORKER_GROUP, consumer, {s: ">" for s in streams}, count=1, block=block_ms
     )
     for name, entries in blocked or []:
         taken.extend(_messages(name, entries, reclaimed=False))

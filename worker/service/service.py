@@ -19,9 +19,11 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.messages import (
+    CLASS_RANK,
     ErrorInfo,
     ReplyEvent,
     ReplyKind,
+    TrafficClass,
     Usage,
     WorkerHeartbeat,
 )
@@ -37,6 +39,8 @@ from worker.service.tracker import RequestTracker, error_event
 from worker.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+PREEMPTING_BLOCK_MS = 200
 
 
 class WorkerService:
@@ -146,6 +150,23 @@ class WorkerService:
         free = min(load.num_free_seqs, load.num_free_pages) - self._num_submitted
         return max(0, min(free, self.settings.max_intake_batch))
 
+    def _num_preempting(self) -> tuple[int, tuple[TrafficClass, ...]]:
+        """How many requests of which higher classes to take although the engine is full.
+
+        The engine makes room for a higher class by preempting lower-class sequences, so while this
+        worker holds lower-class work an interactive request should board here rather than wait in
+        Redis for a worker with free slots. At most one higher-class request per lower-class one.
+        """
+        active = self._tracker.active.values()
+        lowest = max((r.priority for r in active), default=0)
+        classes = tuple(tc for tc in intake.CLASS_ORDER if CLASS_RANK[tc] < lowest)
+        if not classes:
+            return 0, ()
+        num_lower = sum(1 for r in active if r.priority == lowest)
+        num_higher = sum(1 for r in active if r.priority < lowest)
+        count = min(num_lower - num_higher, self.settings.max_intake_batch) - self._num_submitted
+        return max(0, count), classes
+
     async def _intake_loop(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -162,9 +183,7 @@ class WorkerService:
     async def _intake_once(self) -> None:
         count = self._num_admissible()
         if count == 0:
-            self._capacity_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._capacity_changed.wait(), self.settings.heartbeat_interval_s)
+            await self._intake_preempting()
             return
         messages: list[intake.IntakeMessage] = []
         if time.monotonic() >= self._next_reclaim:
@@ -175,6 +194,21 @@ class WorkerService:
         if not messages:
             block_ms = min(self.settings.intake_block_ms, int(self.settings.heartbeat_interval_s * 1000))
             messages = await intake.read_new(self._redis, self.model_name, self.worker_id, count, block_ms)
+        if messages:
+            await self._take(messages)
+
+    async def _intake_preempting(self) -> None:
+        """The engine is full: take only requests that outrank work it holds, else wait for room."""
+        count, classes = self._num_preempting()
+        if count == 0:
+            self._capacity_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._capacity_changed.wait(), self.settings.heartbeat_interval_s)
+            return
+        # A short block: when room frees up, lower classes are read again within PREEMPTING_BLOCK_MS.
+        messages = await intake.read_new(
+            self._redis, self.model_name, self.worker_id, count, PREEMPTING_BLOCK_MS, classes
+        )
         if messages:
             await self._take(messages)
 

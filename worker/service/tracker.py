@@ -33,6 +33,7 @@ class ActiveRequest:
     num_output_tokens: int
     wants_logprobs: bool
     trace: WorkerRequestTrace
+    priority: int = 0  # the engine priority of its traffic class (0 interactive ... 2 batch)
     is_cancelled: bool = False
 
     def event(self, kind: ReplyKind, **fields: Any) -> ReplyEvent:
@@ -68,6 +69,7 @@ class RequestTracker:
             next_seq=resume.next_seq,
             num_output_tokens=len(resume.output_token_ids),
             wants_logprobs=prepared.params.logprobs is not None,
+            priority=prepared.priority,
             trace=WorkerRequestTrace(
                 self._tracer, prepared.traceparent, prepared.req_id, prepared.traffic_class, self.worker_id
             ),

@@ -10,7 +10,15 @@ import transformers
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.messages import DATA_FIELD, GenerateRequest, SamplingOptions, TrafficClass, WorkerHeartbeat
+from shared.messages import (
+    DATA_FIELD,
+    GenerateRequest,
+    ReplyEvent,
+    ReplyKind,
+    SamplingOptions,
+    TrafficClass,
+    WorkerHeartbeat,
+)
 from tests.worker.tiny_llama import make_engine, make_hf_model
 from worker.engine.engine import Engine
 from worker.loader.load import load_tokenizer, resolve_path
@@ -82,6 +90,11 @@ async def unread(redis: Redis, stream: str) -> int:
     return sum(1 for i in ids if i > last)
 
 
+async def reply_kinds(redis: Redis, req_id: str) -> list[ReplyKind]:
+    entries = await redis.xrange(keys.reply_stream(req_id))
+    return [ReplyEvent.model_validate_json(fields[DATA_FIELD]).kind for _, fields in entries]
+
+
 async def heartbeat(redis: Redis) -> WorkerHeartbeat | None:
     value = await redis.get(keys.worker_key(MODEL, "w-test"))
     return WorkerHeartbeat.model_validate_json(value) if value else None
@@ -105,6 +118,35 @@ async def test_a_full_worker_leaves_work_in_redis_and_a_stop_leaves_it_pending(
     await asyncio.wait_for(run, 30)
     assert await pending(redis, stream) == 2  # unfinished at the end of the grace period: not acknowledged
     assert await heartbeat(redis) is None
+
+
+async def test_a_full_worker_still_takes_an_interactive_request_and_preempts_batch_work_for_it(
+    redis: Redis, redis_url: str, hf_model, tokenizer: Tokenizer
+) -> None:
+    service = make_service(redis, redis_url, hf_model, tokenizer, grace_period_s=0.0)
+    await put_requests(redis, 2, max_tokens=2000)  # fill both sequence slots for the whole test
+    run = asyncio.create_task(service.run())
+    while (beat := await heartbeat(redis)) is None or beat.num_running < 2:
+        await asyncio.sleep(0.05)
+
+    chat = GenerateRequest(
+        req_id="chat",
+        model=MODEL,
+        traffic_class=TrafficClass.INTERACTIVE,
+        prompt_token_ids=[9, 8, 7],
+        sampling=SamplingOptions(max_tokens=4, ignore_eos=True),
+    )
+    await redis.xadd(
+        keys.request_stream(MODEL, TrafficClass.INTERACTIVE), {DATA_FIELD: chat.model_dump_json()}
+    )
+    while ReplyKind.DONE not in await reply_kinds(redis, "chat"):
+        await asyncio.sleep(0.05)
+
+    batch_kinds = await reply_kinds(redis, "r1")
+    # Both slots held batch work: the chat request got one by preemption, not by waiting for it to end.
+    assert ReplyKind.DONE not in batch_kinds
+    service.stop(force=True)
+    await asyncio.wait_for(run, 30)
 
 
 async def test_a_stop_lets_running_requests_finish_within_the_grace_period(
