@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -86,12 +86,16 @@ async def run_request(
     chat: bool = True,
     ignore_eos: bool = True,
     extra_body: dict[str, object] | None = None,
+    extra_headers: dict[str, str] | None = None,
+    on_text: Callable[[], None] | None = None,
 ) -> RequestResult:
     """Send one streaming request and time it; never raises for server or network errors.
 
-    ``extra_body`` adds fields to the request body (e.g. vLLM's ``priority``)."""
+    ``extra_body`` adds fields to the request body (e.g. vLLM's ``priority``); ``on_text`` is called
+    at each event that carries text, for callers that count tokens as they arrive."""
     path = "/v1/chat/completions" if chat else "/v1/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers.update(extra_headers or {})
     start = time.perf_counter()
     result = RequestResult(ok=False, start_s=start)
     first: float | None = None
@@ -118,6 +122,8 @@ async def run_request(
                 if not any(_choice_text(c, chat) for c in chunk.get("choices") or []):
                     continue
                 now = time.perf_counter()
+                if on_text is not None:
+                    on_text()
                 if first is None:
                     first = now
                 else:

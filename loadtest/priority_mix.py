@@ -19,8 +19,9 @@ On busstop ``--flood batch-api`` instead runs one Batch API job large enough to 
 and counts its completed lines (outputs are exactly ``--batch-output-len`` tokens, ``ignore_eos``);
 its concurrency is then the gateway's ``BUSSTOP_BATCH_WINDOW`` (32), not ``--batch-concurrency``.
 
-Throughput counts requests (or lines) that finished inside the phase, so a phase should last many
-times one flood request (the default 60 s against 128-token outputs).
+The request flood's throughput counts output tokens as they stream in during the phase; the Batch
+API flood's counts lines completed inside the phase, so there a phase should last many times one
+line (the default 60 s against 128-token outputs).
 """
 
 from __future__ import annotations
@@ -103,36 +104,45 @@ async def interactive_load(
 async def request_flood(
     client: httpx.AsyncClient, config: MixConfig, start: float, stop_at: float
 ) -> dict[str, Any]:
-    """Closed loop of batch-class streams; output tokens/s of those that finished inside the phase."""
+    """Closed loop of batch-class streams; output tokens/s counted as they arrive inside the phase.
+
+    Counting streamed tokens, not finished requests, keeps the figure exact when the flood's requests
+    finish in waves that a phase boundary would cut."""
     body, headers = _batch_extra(config)
     workload = Workload(
         config.batch_prompt_len, LengthDist("fixed", config.batch_output_len), config.seed + 1
     )
-    finished: list[RequestResult] = []
+    num_finished = 0
+    num_tokens = 0
     errors: list[str] = []
 
+    def count_token() -> None:
+        nonlocal num_tokens
+        num_tokens += 1
+
     async def loop() -> None:
+        nonlocal num_finished
         while time.perf_counter() < stop_at:
             result = await run_request(
-                client, config.url, config.model, workload.next(), api_key=config.batch_key, extra_body=body
+                client, config.url, config.model, workload.next(), api_key=config.batch_key,
+                extra_body=body, extra_headers=headers, on_text=count_token,
             )
             if not result.ok:
                 errors.append(result.error)
                 await asyncio.sleep(0.1)  # a refused request (429/503) must not spin
-            elif result.start_s + result.e2e_s <= stop_at:
-                finished.append(result)
+            else:
+                num_finished += 1
 
-    client.headers.update(headers)
     tasks = [asyncio.create_task(loop()) for _ in range(config.batch_concurrency)]
     await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+    counted = num_tokens
     for task in tasks:  # streams still running at the end are abandoned: the server aborts them
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    num_tokens = sum(r.num_output_tokens for r in finished)
     return {
-        "num_requests": len(finished),
-        "output_tokens": num_tokens,
-        "output_tokens_per_s": round(num_tokens / (stop_at - start), 3),
+        "num_requests": num_finished,
+        "output_tokens": counted,
+        "output_tokens_per_s": round(counted / (stop_at - start), 3),
         "num_errors": len(errors),
         "errors": errors[:5],
     }
