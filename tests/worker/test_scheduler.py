@@ -200,3 +200,15 @@ def test_a_batch_prompt_chunk_never_preempts_a_just_admitted_interactive_request
     out = sched.schedule()  # chat takes the last 2 pages; batch's next chunk must wait, not evict chat
     assert plan(out) == {"chat": 6}
     assert "chat" not in out.preempted_req_ids
+
+
+def test_a_waiting_request_that_does_not_fit_never_stalls_a_running_prompts_chunks() -> None:
+    sched, _, clock = make(max_num_seqs=1, max_num_batched_tokens=8, aging_s=10.0,
+                           enable_prefix_caching=False)
+    sched.add(seq("long", 30))
+    advance(sched, sched.schedule())  # first chunk of 8
+    sched.add(seq("queued", 4))
+    clock.now += 5.0  # "queued" has waited longer than "long": it sorts first, yet no slot is free
+    out = sched.schedule()
+    assert plan(out) == {"long": 8}
+    assert [s.req_id for s in sched.waiting] == ["queued"]

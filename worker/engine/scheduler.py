@@ -100,14 +100,18 @@ class Scheduler:
         key = self._waiting_key(self.clock())
         candidates = sorted([s for s in self.running if s.req_id not in step.scheduled]
                             + [s for s in self.waiting if s.req_id not in step.preempted], key=key)
+        is_admitting = True  # once a waiting sequence does not fit, none after it is admitted
         for seq in candidates:
             if step.budget <= 0:
                 break
             if seq.req_id in step.preempted:
                 continue
-            fits = step.grow_running(seq) if seq.status is SequenceStatus.RUNNING else step.admit(seq, key)
-            if not fits:
-                break
+            if seq.status is SequenceStatus.RUNNING:
+                if not step.grow_running(seq):
+                    break  # out of pages even after preempting
+            elif is_admitting:
+                # Running sequences further down still get their prompt chunks: they hold their slot.
+                is_admitting = step.admit(seq, key)
         batch = list(step.scheduled.values())
         return SchedulerOutput(batch, sum(s.num_new_tokens for s in batch), step.preempted)
 
