@@ -5,6 +5,7 @@ Routers are listed in ``ROUTERS``; a new resource adds its router there.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,6 +26,17 @@ from gateway.transport.workers import WorkerRegistry
 from shared.telemetry.tracing import setup_tracing
 
 UNTRACED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+class _ProbeAccessFilter(logging.Filter):
+    """Drops uvicorn's access lines for probes and scrapes: they would drown the requests."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) > 2 and args[2] in UNTRACED_PATHS)
+
+
+logging.getLogger("uvicorn.access").addFilter(_ProbeAccessFilter())
 
 ROUTERS: list[APIRouter] = [
     chat.router, completions.router, models.router, health.router, ui.router, files.router, batches.router,
