@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import openai
 import pytest
 import redis
+from openai.types.chat import ChatCompletionChunk
 
 from shared import keys
 from shared.messages import ReplyEvent, WorkerHeartbeat
@@ -74,6 +76,20 @@ def heartbeats(client: redis.Redis) -> list[WorkerHeartbeat]:
 
 def reply_events(client: redis.Redis, req_id: str) -> list[ReplyEvent]:
     return [ReplyEvent.model_validate_json(f["data"]) for _, f in client.xrange(keys.reply_stream(req_id))]
+
+
+def long_stream(stack: LocalStack, num_tokens: int) -> openai.Stream[ChatCompletionChunk]:
+    """A streamed greedy chat completion of exactly ``num_tokens`` tokens, with a final usage chunk."""
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.api_key, max_retries=0)
+    return client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a long poem about rivers."}],
+        max_tokens=num_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
 
 
 def req_id_of_chunk(chunk_id: str) -> str:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 
-import openai
 import pytest
 import redis
 
 from shared import keys
 from shared.messages import ReplyKind, TrafficClass
 from shared.stack import LocalStack
-from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk, running_stack
+from tests.stack import MODEL, heartbeats, long_stream, reply_events, req_id_of_chunk, running_stack
 
 NUM_TOKENS = 96
 
@@ -40,16 +39,7 @@ def stream_and_stop_holder(
 
     Returns (chunks, req_id, the stopped worker's id) once the stream has ended.
     """
-    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.api_key, max_retries=0)
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "Write a long poem about rivers."}],
-        max_tokens=NUM_TOKENS,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
-    )
+    stream = long_stream(stack, NUM_TOKENS)
     chunks = []
     req_id = stopped_id = ""
     for chunk in stream:

@@ -11,13 +11,12 @@ import signal
 import time
 from collections.abc import Iterator
 
-import openai
 import pytest
 import redis
 
 from shared.messages import ReplyKind
 from shared.stack import LocalStack
-from tests.stack import MODEL, reply_events, req_id_of_chunk, running_stack
+from tests.stack import long_stream, reply_events, req_id_of_chunk, running_stack
 
 NUM_TOKENS = 64
 TP_ENV = {"BUSSTOP_WORKER_TENSOR_PARALLEL_SIZE": "3"}
@@ -57,16 +56,7 @@ def test_a_dead_rank_ends_its_worker_and_the_request_completes_elsewhere(
     (tp_worker,) = stack.workers
     ranks = rank_pids(tp_worker.pid)
     assert len(ranks) == 2  # ranks 1 and 2; rank 0 is the worker process itself
-    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.api_key, max_retries=0)
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "Write a long poem about rivers."}],
-        max_tokens=NUM_TOKENS,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
-    )
+    stream = long_stream(stack, NUM_TOKENS)
     chunks = []
     req_id = ""
     for chunk in stream:
