@@ -25,6 +25,15 @@ def reply_stream(req_id: str) -> str:
     return f"{PREFIX}:replies:{req_id}"
 
 
+# Poison marks: a request that failed an engine step on its own is marked here (the value says why),
+# so a worker that reclaims its message answers the error instead of running it again.
+POISON_TTL_S = REPLY_TTL_S
+
+
+def poison_key(req_id: str) -> str:
+    return f"{PREFIX}:poison:{req_id}"
+
+
 # Control stream: one per worker; the gateway sends CancelRequest messages there. Trimmed to
 # CONTROL_MAXLEN entries, expires CONTROL_TTL_S after the last write.
 CONTROL_MAXLEN = 1000

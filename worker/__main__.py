@@ -14,8 +14,8 @@ import signal
 import sys
 
 import torch
-from redis.asyncio import Redis
 
+from shared.retry import connect
 from shared.telemetry.logs import configure_logging
 from shared.telemetry.tracing import setup_tracing
 from shared.telemetry.worker_metrics import WorkerMetrics, start_metrics_server
@@ -86,7 +86,8 @@ async def serve(
     )
     # Only now: a scrapeable /metrics port is what the Kubernetes probes take for "model loaded".
     start_metrics_server(settings.metrics_port)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    # The longest blocking read is an intake XREADGROUP or a control XREAD.
+    redis = connect(settings.redis_url, settings.redis_timeout_s, max(settings.intake_block_ms, 1000) / 1000)
     service = WorkerService(
         settings,
         redis,

@@ -12,6 +12,7 @@ from worker.engine.attention import TorchAttentionBackend, resolve_backend_name
 from worker.engine.attention.base import BaseAttentionBackend
 from worker.engine.block_manager import BlockManager
 from worker.engine.config import EngineConfig
+from worker.engine.isolation import StepIsolator
 from worker.engine.kv_cache import KVCache, page_bytes
 from worker.engine.outputs import Capacity, EngineStats, RequestOutput, TokenLogprobs
 from worker.engine.runner import ModelRunner
@@ -20,7 +21,14 @@ from worker.engine.scheduler import Scheduler
 from worker.engine.sequence import Sequence
 from worker.model.llama import LlamaForCausalLM
 
-__all__ = ["Capacity", "Engine", "EngineStats", "RequestOutput", "TokenLogprobs", "generate"]
+__all__ = ["Capacity", "Engine", "EngineBroken", "EngineStats", "RequestOutput", "TokenLogprobs", "generate"]
+
+# Steps in a row in which every sequence failed, even alone, before the engine is taken as broken.
+MAX_FAILED_STEPS = 3
+
+
+class EngineBroken(RuntimeError):
+    """Steps keep failing whatever runs in them: the engine, not a request, is at fault."""
 
 
 def _make_backend(config: EngineConfig, model: LlamaForCausalLM, device: torch.device
@@ -56,6 +64,9 @@ class Engine:
         self.scheduler = Scheduler(config, self.block_manager)
         backend = _make_backend(config, model, self.device)
         self.runner = ModelRunner(self.model, self.kv_cache, backend, self.eos_token_ids, self.device)
+        self._isolator = StepIsolator(self.runner)
+        self._newcomers: set[str] = set()  # added since the last step ran
+        self._num_failed_steps = 0  # steps in a row in which nothing ran
         self._seqs: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []  # abort outputs, handed out by the next step
         self._last_step_num_tokens = 0
@@ -99,6 +110,7 @@ class Engine:
         seq = Sequence(req_id, list(prompt_token_ids), params, priority,
                        time.time() if arrival_time is None else arrival_time, outputs, generator)
         self._seqs[req_id] = seq
+        self._newcomers.add(req_id)
         self.scheduler.add(seq)
 
     def abort(self, req_id: str) -> None:
@@ -121,7 +133,14 @@ class Engine:
         if scheduled is None or not scheduled.scheduled:
             self._last_step_num_tokens, self._last_step_time_s = 0, time.perf_counter() - start
             return outputs
-        result = self.runner.execute(scheduled)
+        step = self._isolator.execute(scheduled, self._newcomers)
+        self._judge(step.failed, num_ran=len(step.ran.scheduled))
+        for seq, why in step.failed:
+            self._seqs.pop(seq.req_id, None)
+            self.scheduler.remove(seq)
+            outputs.append(RequestOutput(seq.req_id, [], "error", None, seq.num_prompt_tokens,
+                                         seq.num_cached_tokens, error=why))
+        scheduled, result = step.ran, step.output
         logprobs = {item.seq.req_id: lp
                     for item, lp in zip(scheduled.scheduled, result.logprobs, strict=True)}
         for seq in self.scheduler.update_from_output(scheduled, result.sampled_token_ids, self.eos_token_ids):
@@ -134,6 +153,13 @@ class Engine:
         self._last_step_num_tokens = scheduled.num_batched_tokens
         self._last_step_time_s = time.perf_counter() - start
         return outputs
+
+    def _judge(self, failed: list[tuple[Sequence, str]], num_ran: int) -> None:
+        """Count steps in which nothing ran; raise ``EngineBroken`` when that keeps happening."""
+        self._newcomers.clear()
+        self._num_failed_steps = self._num_failed_steps + 1 if failed and not num_ran else 0
+        if self._num_failed_steps >= MAX_FAILED_STEPS:
+            raise EngineBroken(f"{MAX_FAILED_STEPS} steps in a row failed for every sequence: {failed[0][1]}")
 
     def capacity(self) -> Capacity:
         sched = self.scheduler

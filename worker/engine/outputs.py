@@ -16,10 +16,11 @@ class TokenLogprobs(NamedTuple):
 class RequestOutput:
     req_id: str
     new_token_ids: list[int]  # a stop token that finished the request is the last one here
-    finish_reason: str | None  # "stop" | "length" | "abort" | None
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error" | None
     logprobs: list[TokenLogprobs] | None  # one per new token when the request asked for logprobs
     num_prompt_tokens: int
     num_cached_tokens: int
+    error: str | None = None  # with finish_reason "error": why the request failed a step on its own
 
 
 @dataclass(frozen=True)

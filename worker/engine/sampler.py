@@ -58,7 +58,7 @@ def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     min_p = [s.params.min_p for s in seqs]
     if any(k > 0 for k in top_k) or any(p < 1 for p in top_p):
         sorted_logits, order = logits.sort(dim=-1, descending=True)  # [num_seqs, vocab]
-        k = torch.tensor([k if k > 0 else vocab_size for k in top_k], device=device)
+        k = torch.tensor([min(k, vocab_size) if k > 0 else vocab_size for k in top_k], device=device)
         drop = torch.arange(vocab_size, device=device)[None, :] >= k[:, None]
         probs = sorted_logits.softmax(-1)
         mass_before = probs.cumsum(-1) - probs

@@ -9,12 +9,25 @@ from typing import Any
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import keys
-from shared.messages import DATA_FIELD, CancelRequest
+from shared.messages import DATA_FIELD, SCHEMA_VERSION, CancelRequest
+from shared.retry import FOREVER, REDIS_ERRORS
 
 log = logging.getLogger(__name__)
+
+
+def parse_cancel(fields: dict[str, str]) -> CancelRequest | None:
+    """The entry's CancelRequest; None (logged) for one this worker cannot read."""
+    try:
+        cancel = CancelRequest.model_validate_json(fields.get(DATA_FIELD, ""))
+    except ValidationError as exc:
+        log.warning("ignoring unreadable control message: %s", exc.errors()[0]["msg"])
+        return None
+    if cancel.v != SCHEMA_VERSION:
+        log.warning("ignoring control message of schema version %d", cancel.v)
+        return None
+    return cancel
 
 
 async def read_cancels(
@@ -23,19 +36,19 @@ async def read_cancels(
     """Call ``on_cancel(req_id)`` for each CancelRequest sent to ``worker_id`` from now on."""
     stream = keys.control_stream(worker_id)
     last_id = "$"
+    attempt = 0
     while True:
         try:
             reply: Any = await redis.xread({stream: last_id}, count=100, block=block_ms)
-        except (RedisConnectionError, TimeoutError) as exc:
-            log.warning("control: Redis unavailable (%s); retrying", exc)
-            await asyncio.sleep(1.0)
+            attempt = 0
+        except REDIS_ERRORS as exc:
+            log.warning("control: Redis unavailable (%s: %s); retrying", type(exc).__name__, exc)
+            await asyncio.sleep(FOREVER.delay_s(attempt))
+            attempt += 1
             continue
         for _name, entries in reply or []:
             for entry_id, fields in entries:
                 last_id = entry_id
-                try:
-                    cancel = CancelRequest.model_validate_json(fields.get(DATA_FIELD, ""))
-                except ValidationError:
-                    log.warning("ignoring unreadable control message %s", entry_id)
-                    continue
-                on_cancel(cancel.req_id)
+                cancel = parse_cancel(fields or {})
+                if cancel is not None:
+                    on_cancel(cancel.req_id)

@@ -127,8 +127,8 @@ class EngineLoop:
                 arrival_time=req.arrival_time or None,
                 output_token_ids=command.output_token_ids,
             )
-        except ValueError as exc:
-            report.rejected.append((req.req_id, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a request the engine cannot take fails alone
+            report.rejected.append((req.req_id, str(exc) if isinstance(exc, ValueError) else repr(exc)))
         else:
             report.admitted.append(req.req_id)
 

@@ -8,6 +8,7 @@ dead worker left pending.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
@@ -18,6 +19,7 @@ from shared.messages import DATA_FIELD, TrafficClass
 from worker.service.replies import HeldMessage
 
 CLASS_ORDER = (TrafficClass.INTERACTIVE, TrafficClass.PRIORITY, TrafficClass.BATCH)
+_REFRESH_LUA = (Path(__file__).parent / "refresh.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -124,14 +126,20 @@ async def _num_deliveries(redis: Redis, stream: str, msg_ids: list[str]) -> dict
     return {m: int(e[0]["times_delivered"]) if e else 1 for m, e in zip(msg_ids, found, strict=True)}
 
 
-async def refresh(redis: Redis, consumer: str, messages: list[HeldMessage]) -> None:
-    """Reset the idle time of messages we still work on, so no live worker reclaims them."""
-    by_stream: dict[str, list[str | bytes | int | memoryview]] = {}
+async def refresh(redis: Redis, consumer: str, messages: list[HeldMessage]) -> list[HeldMessage]:
+    """Reset the idle time of messages we still hold, so no live worker reclaims them.
+
+    Returns those we no longer hold (another worker reclaimed them while this one was paused or cut
+    off from Redis): their requests must not be written for again.
+    """
+    by_stream: dict[str, list[str]] = {}
     for m in messages:
         by_stream.setdefault(m.stream, []).append(m.msg_id)
     if not by_stream:
-        return
+        return []
+    script = redis.register_script(_REFRESH_LUA)
     pipe = redis.pipeline(transaction=False)
     for stream, ids in by_stream.items():
-        pipe.xclaim(stream, keys.WORKER_GROUP, consumer, min_idle_time=0, message_ids=ids, justid=True)
-    await pipe.execute()
+        await script(keys=[stream], args=[keys.WORKER_GROUP, consumer, *ids], client=pipe)
+    lost: list[Any] = await pipe.execute()
+    return [HeldMessage(stream, i) for stream, ids in zip(by_stream, lost, strict=True) for i in ids]

@@ -24,6 +24,11 @@ class ReplyBatch:
 
     events: list[tuple[str, ReplyEvent]] = field(default_factory=list)  # (req_id, event)
     finals: list[tuple[str | None, HeldMessage]] = field(default_factory=list)  # replies complete: ack these
+    poisoned: list[tuple[str, str]] = field(default_factory=list)  # (req_id, why): never run again
+
+    def poison(self, req_id: str, why: str) -> None:
+        """Mark ``req_id`` poison in Redis, so no worker that reclaims it runs it again."""
+        self.poisoned.append((req_id, why))
 
     def add(self, req_id: str, event: ReplyEvent) -> None:
         self.events.append((req_id, event))
@@ -31,6 +36,16 @@ class ReplyBatch:
     def finish(self, req_id: str | None, message: HeldMessage) -> None:
         """Ack ``message`` once the events before are written; ``None`` for a message without a reply."""
         self.finals.append((req_id, message))
+
+    def without(self, req_ids: set[str]) -> ReplyBatch:
+        """This batch less everything for ``req_ids``."""
+        if not req_ids:
+            return self
+        return ReplyBatch(
+            [(r, e) for r, e in self.events if r not in req_ids],
+            [(r, m) for r, m in self.finals if r not in req_ids],
+            [(r, why) for r, why in self.poisoned if r not in req_ids],
+        )
 
     def __bool__(self) -> bool:
         return bool(self.events or self.finals)
@@ -45,6 +60,8 @@ class ReplyBatch:
         if not self:
             return
         pipe = redis.pipeline(transaction=False)
+        for req_id, why in self.poisoned:
+            pipe.set(keys.poison_key(req_id), why, ex=keys.POISON_TTL_S)
         touched: set[str] = set()
         for req_id, event in self.events:
             stream = keys.reply_stream(req_id)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from shared import keys
 from shared.messages import DATA_FIELD, ReplyEvent, ReplyKind
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -19,15 +22,24 @@ class ResumeState:
     output_token_ids: list[int] = field(default_factory=list)
     is_finished: bool = False  # a DONE or ERROR is already there: only the ack was missing
     was_accepted: bool = False
+    poisoned: str | None = None  # why the request failed a step on its own, if it did: never run it again
 
 
 async def read_resume_state(redis: Redis, req_id: str) -> ResumeState:
-    entries: Any = await redis.xrange(keys.reply_stream(req_id))
+    """The reply stream so far and the request's poison mark, in one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.xrange(keys.reply_stream(req_id))
+    pipe.get(keys.poison_key(req_id))
+    entries, poisoned = await pipe.execute()
     next_seq = 0
     output_token_ids: list[int] = []
     is_finished = was_accepted = False
-    for _entry_id, fields in entries:
-        event = ReplyEvent.model_validate_json(fields[DATA_FIELD])
+    for entry_id, fields in entries:
+        try:
+            event = ReplyEvent.model_validate_json(fields.get(DATA_FIELD, ""))
+        except ValidationError:
+            log.warning("reply %s: skipping unreadable entry %s", req_id, entry_id)
+            continue
         next_seq = max(next_seq, event.seq + 1)
         if event.kind is ReplyKind.DELTA:
             output_token_ids.extend(event.token_ids)
@@ -35,4 +47,4 @@ async def read_resume_state(redis: Redis, req_id: str) -> ResumeState:
             was_accepted = True
         else:
             is_finished = True
-    return ResumeState(next_seq, output_token_ids, is_finished, was_accepted)
+    return ResumeState(next_seq, output_token_ids, is_finished, was_accepted, poisoned)

@@ -14,8 +14,7 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from shared import keys
 from shared.messages import (
@@ -27,15 +26,16 @@ from shared.messages import (
     Usage,
     WorkerHeartbeat,
 )
+from shared.retry import FOREVER, REDIS_ERRORS, RetryPolicy
 from shared.telemetry.worker_metrics import WorkerMetrics
 from worker.service import intake
 from worker.service.control import read_cancels
 from worker.service.engine_loop import AbortCommand, AddCommand, EngineLoop, EngineReport
 from worker.service.prepare import PreparedRequest, RequestError, parse_request, prepare_request, req_id_of
-from worker.service.replies import ReplyBatch
+from worker.service.replies import HeldMessage, ReplyBatch
 from worker.service.resume import ResumeState, read_resume_state
 from worker.service.settings import WorkerSettings
-from worker.service.tracker import RequestTracker, error_event
+from worker.service.tracker import RequestTracker, error_event, step_failed
 from worker.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,10 @@ class WorkerService:
         self._reports: asyncio.Queue[EngineReport | None] = asyncio.Queue()  # None: no more reports
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine_loop = EngineLoop(engine, self._deliver)
+        self._writes = RetryPolicy(deadline_s=settings.write_deadline_s)
+        # When Redis last confirmed that this worker still holds its messages: until half the reclaim
+        # threshold later, no other worker can have taken them.
+        self._confirmed_at = time.monotonic()
         self._next_reclaim = 0.0
         self._num_submitted = 0  # handed to the engine thread, not yet admitted or rejected
         self._capacity_changed = asyncio.Event()
@@ -113,7 +117,7 @@ class WorkerService:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            with contextlib.suppress(RedisConnectionError, TimeoutError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._redis.delete(
                     keys.worker_key(self.model_name, self.worker_id), keys.control_stream(self.worker_id)
                 )
@@ -129,16 +133,8 @@ class WorkerService:
 
     async def _register(self) -> None:
         """Create the consumer groups and announce this worker; waits for Redis if it is not up yet."""
-        while True:
-            try:
-                await intake.ensure_groups(self._redis, self.model_name)
-                await self._heartbeat_once()
-                return
-            except (RedisConnectionError, TimeoutError) as exc:
-                if self._stopping.is_set():
-                    raise
-                log.warning("waiting for Redis: %s", exc)
-                await asyncio.sleep(1.0)
+        await FOREVER.run(lambda: intake.ensure_groups(self._redis, self.model_name), "register")
+        await FOREVER.run(self._heartbeat_once, "register")
 
     # --- intake -------------------------------------------------------------------------------------
 
@@ -168,17 +164,20 @@ class WorkerService:
         return max(0, count), classes
 
     async def _intake_loop(self) -> None:
+        attempt = 0
         while not self._stopping.is_set():
             try:
                 await self._intake_once()
+                attempt = 0
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 log.warning("request streams were deleted; creating them again")
-                await intake.ensure_groups(self._redis, self.model_name)
-            except (RedisError, TimeoutError) as exc:
-                log.warning("intake: Redis unavailable (%s); retrying", exc)
-                await asyncio.sleep(1.0)
+                await FOREVER.run(lambda: intake.ensure_groups(self._redis, self.model_name), "intake")
+            except REDIS_ERRORS as exc:
+                log.warning("intake: Redis unavailable (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(FOREVER.delay_s(attempt))
+                attempt += 1
 
     async def _intake_once(self) -> None:
         count = self._num_admissible()
@@ -223,17 +222,23 @@ class WorkerService:
             self._engine_loop.submit(AddCommand(request, tuple(resume.output_token_ids)))
 
     async def _prepare(self, msg: intake.IntakeMessage) -> tuple[PreparedRequest, ResumeState] | None:
-        """Parse, resume and tokenize one message; answers and acks it itself when it cannot run."""
+        """Parse, resume and tokenize one message; answers and acks it itself when it cannot run.
+
+        A Redis error leaves the message pending (this worker or another takes it again later); any
+        other failure fails this request alone.
+        """
         batch = ReplyBatch()
         req_id = req_id_of(msg.data)
         resume = ResumeState()
         try:
             req = parse_request(msg.data)
             if msg.is_reclaimed:
-                resume = await read_resume_state(self._redis, req.req_id)
+                resume = await self._writes.run(lambda: read_resume_state(self._redis, req.req_id), "resume")
                 if resume.is_finished:  # its worker died between the final event and the ack
                     batch.finish(req.req_id, msg.message)
                     return None
+                if resume.poisoned is not None:
+                    raise RequestError(step_failed(resume.poisoned))
                 if msg.num_deliveries > self.settings.max_deliveries:
                     raise RequestError(too_many_deliveries(msg.num_deliveries - 1))
                 log.info("resuming %s after %d tokens", req.req_id, len(resume.output_token_ids))
@@ -252,10 +257,14 @@ class WorkerService:
                 batch.finish(req.req_id, msg.message)
                 return None
             return prepared, resume
-        except RequestError as exc:
-            log.warning("rejected request %s: %s", req_id, exc.error.message)
+        except REDIS_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a request that cannot be prepared fails alone
+            why = f"{type(exc).__name__}: {exc}"
+            error = exc.error if isinstance(exc, RequestError) else step_failed(why)
+            log.warning("rejected request %s: %s", req_id, error.message)
             if req_id is not None:
-                batch.add(req_id, error_event(resume.next_seq, exc.error))
+                batch.add(req_id, error_event(resume.next_seq, error))
             batch.finish(req_id, msg.message)
             return None
         finally:
@@ -286,21 +295,53 @@ class WorkerService:
                     self._metrics.observe_step(report.stats)
                 for req_id in self._tracker.apply(report, batch):
                     self._engine_loop.submit(AbortCommand(req_id))
-            await self._write(batch)
+            await self._write(await self._without_lost(batch))
             self._capacity_changed.set()
 
-    async def _write(self, batch: ReplyBatch, attempts: int = 5) -> None:
-        for attempt in range(attempts):
-            try:
-                await batch.write(self._redis)
-                return
-            except ResponseError as exc:  # the pipeline ran; one command failed (e.g. its stream is gone)
-                log.error("reply write: %s", exc)
-                return
-            except (RedisConnectionError, TimeoutError) as exc:
-                log.warning("reply write failed (%s), attempt %d/%d", exc, attempt + 1, attempts)
-                await asyncio.sleep(0.2 * 2**attempt)
-        log.error("dropped %d reply events; their requests will be reclaimed", len(batch.events))
+    async def _without_lost(self, batch: ReplyBatch) -> ReplyBatch:
+        """``batch`` less the requests another worker may have reclaimed since Redis last confirmed ours.
+
+        Only after a pause or an outage longer than half the reclaim threshold does this cost a round
+        trip: a worker that wakes from a SIGSTOP stops writing for requests that moved on at once.
+        """
+        if time.monotonic() - self._confirmed_at < self.settings.reclaim_min_idle_ms / 2000 or not batch:
+            return batch
+        try:
+            lost = await self._writes.run(lambda: self._refresh(batch.finals), "refresh")
+        except REDIS_ERRORS:
+            lost = set()  # _write fails too and hands the batch's requests back
+        return batch.without(lost)
+
+    async def _refresh(self, finals: list[tuple[str | None, HeldMessage]] | None = None) -> set[str]:
+        """Renew our hold on every held message (and those of ``finals``, requests that just finished);
+        forget and abort the requests another worker reclaimed, and return their ids."""
+        started = time.monotonic()
+        finals = finals or []
+        held = self._tracker.held_messages() + [message for _, message in finals]
+        lost = set(await intake.refresh(self._redis, self.worker_id, held))
+        self._confirmed_at = started
+        if not lost:
+            return set()
+        req_ids = set(self._tracker.forget(lost))
+        for req_id in req_ids:
+            self._engine_loop.submit(AbortCommand(req_id))
+        req_ids.update(req_id for req_id, message in finals if req_id is not None and message in lost)
+        log.warning("%d requests were reclaimed by other workers; no longer writing for them", len(lost))
+        return req_ids
+
+    async def _write(self, batch: ReplyBatch) -> None:
+        """Write ``batch``, riding out a Redis outage up to ``write_deadline_s``; after that its requests
+        are handed back (left pending), so a worker resumes them from what did reach Redis."""
+        try:
+            await self._writes.run(lambda: batch.write(self._redis), "reply write")
+        except ResponseError as exc:  # the pipeline ran; one command failed (e.g. its stream is gone)
+            log.error("reply write: %s", exc)
+        except REDIS_ERRORS as exc:
+            req_ids = {req_id for req_id, _ in batch.events}
+            for req_id in self._tracker.hand_back(req_ids):
+                self._engine_loop.submit(AbortCommand(req_id))
+            log.error("dropped %d reply events (%s); their requests are left for reclaim",
+                      len(batch.events), exc)
 
     def _cancel(self, req_id: str) -> None:
         if self._tracker.cancel(req_id):
@@ -328,9 +369,9 @@ class WorkerService:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
                 await self._heartbeat_once()
-                await intake.refresh(self._redis, self.worker_id, self._tracker.held_messages())
-            except (RedisError, TimeoutError) as exc:
-                log.warning("heartbeat failed: %s", exc)
+                await self._refresh()
+            except REDIS_ERRORS as exc:
+                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
 
     async def _drain(self) -> None:
         """Let running requests finish within the grace period; leave the rest pending for others."""

@@ -41,6 +41,10 @@ class WorkerSettings(BaseSettings):
     max_intake_batch: int = 32
     intake_block_ms: int = 1000
     metrics_port: int = 0  # Prometheus /metrics on this port; 0 = off
+    # A Redis command that gets no answer for this long fails (and is retried with backoff).
+    redis_timeout_s: float = Field(default=5.0, gt=0)
+    # How long a reply write rides out a Redis outage before its requests are left for reclaim.
+    write_deadline_s: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> WorkerSettings:

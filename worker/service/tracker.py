@@ -46,6 +46,16 @@ def error_event(seq: int, error: ErrorInfo) -> ReplyEvent:
     return ReplyEvent(seq=seq, kind=ReplyKind.ERROR, error=error)
 
 
+def step_failed(why: str) -> ErrorInfo:
+    """The error of a request that failed an engine step on its own (a poison request)."""
+    return ErrorInfo(
+        status=500,
+        message=f"the request failed while being generated and is not retried: {why}",
+        type="server_error",
+        code="request_failed",
+    )
+
+
 class RequestTracker:
     def __init__(self, worker_id: str, tokenizer: Tokenizer) -> None:
         self.worker_id = worker_id
@@ -108,16 +118,33 @@ class RequestTracker:
                 to_abort.append(req.req_id)
         return to_abort
 
-    def hand_back(self) -> list[str]:
-        """Forget every active request (left pending in Redis for other workers); returns their ids."""
-        for req in self.active.values():
+    def hand_back(self, req_ids: set[str] | None = None) -> list[str]:
+        """Forget the active requests ``req_ids`` (default: all), left pending in Redis for other
+        workers; returns the ids of those it held."""
+        left = [r for r in self.active if req_ids is None or r in req_ids]
+        for req_id in left:
+            req = self.active.pop(req_id)
             req.trace.finish(None, req.num_output_tokens, error="left for another worker")
-        left = list(self.active)
-        self.active.clear()
         return left
+
+    def forget(self, messages: set[HeldMessage]) -> list[str]:
+        """Forget the requests of ``messages``, which another worker has reclaimed; returns their ids."""
+        return self.hand_back({r.req_id for r in self.active.values() if r.message in messages})
+
+    def _fail(self, req: ActiveRequest, why: str, batch: ReplyBatch) -> None:
+        """The request failed a step on its own: it is poison, answered with a 500 and never retried."""
+        log.error("request %s failed a step on its own: %s", req.req_id, why)
+        batch.poison(req.req_id, why)
+        batch.add(req.req_id, req.event(ReplyKind.ERROR, error=step_failed(why)))
+        batch.finish(req.req_id, req.message)
+        del self.active[req.req_id]
+        req.trace.finish(None, req.num_output_tokens, error=why)
 
     def _apply_output(self, req: ActiveRequest, out: Any, batch: ReplyBatch) -> bool:
         """Add ``out``'s events; True if the request is finished here."""
+        if out.finish_reason == "error":
+            self._fail(req, out.error or "unknown error", batch)
+            return True
         token_ids = list(out.new_token_ids)
         finish_reason = out.finish_reason
         if req.is_cancelled:

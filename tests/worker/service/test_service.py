@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
-import transformers
 from redis.asyncio import Redis
 
 from shared import keys
@@ -19,31 +16,13 @@ from shared.messages import (
     TrafficClass,
     WorkerHeartbeat,
 )
-from tests.worker.tiny_llama import make_engine, make_hf_model
+from tests.worker.tiny_llama import make_engine
 from worker.engine.engine import Engine
-from worker.loader.load import load_tokenizer, resolve_path
 from worker.service.service import WorkerService
 from worker.service.settings import WorkerSettings
 from worker.tokenizer import Tokenizer
 
 MODEL = "tiny"
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> transformers.PreTrainedModel:
-    return make_hf_model()
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    return load_tokenizer(resolve_path("default"))  # ids below 256 decode to text: enough for a tiny model
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def make_service(
