@@ -160,4 +160,7 @@ class WorkerHeartbeat(_Message):
     num_waiting: int = 0
     num_free_pages: int = 0
     num_total_pages: int = 0
+    # The longest token's UTF-8 length: a prompt of B bytes has at least B / max_token_bytes tokens,
+    # which lets the gateway refuse a prompt far over the window before queueing it. 0: unknown.
+    max_token_bytes: int = 0
     time: float = 0.0

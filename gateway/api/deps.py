@@ -27,8 +27,21 @@ def get_redis(state: StateDep) -> Redis:
 RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
+# Query parameters clients use to pass keys in URLs, where proxies and access logs would keep them.
+KEY_QUERY_PARAMS = frozenset({"api_key", "api-key", "apikey", "key", "access_token", "token"})
+
+
 def get_principal(request: Request, state: StateDep) -> Principal:
-    """The caller of ``Authorization: Bearer <key>``; 401 when the key is missing or unknown."""
+    """The caller of ``Authorization: Bearer <key>``; 401 when the key is missing or unknown, or
+    when a key is sent in the query string (refused even when the header is right)."""
+    if any(name.lower() in KEY_QUERY_PARAMS for name in request.query_params):
+        raise OpenAIError(
+            401,
+            "API keys are not accepted in the URL. Send the key as 'Authorization: Bearer <key>', "
+            "and consider it exposed.",
+            type="invalid_request_error",
+            code="key_in_query",
+        )
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     key = key.strip()

@@ -16,11 +16,18 @@ class GatewaySettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Seconds to wait for Redis to accept a connection or answer a command before answering 503.
     redis_timeout_s: float = Field(default=2.0, gt=0)
+    # How long a running request's reads ride out a Redis outage (retried with backoff) before the
+    # client gets a 503 error; longer than a failover or a `DEBUG SLEEP 30`.
+    redis_retry_s: float = Field(default=45.0, ge=0)
 
     # API keys: a YAML or JSON file of sha256 hashes (see gateway/core/auth.py). Without one, a single
     # development key from BUSSTOP_DEV_API_KEY is accepted (tenant "dev", public traffic).
     keys_file: Path | None = None
     dev_api_key: SecretStr | None = None
+
+    # Bodies of the JSON routes above this are refused with 413 while they arrive (the Files API has
+    # its own limit, BUSSTOP_BATCH_MAX_FILE_BYTES).
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

@@ -6,12 +6,13 @@ rewritten into the same shape; request validation problems answer 400, as OpenAI
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -63,16 +64,31 @@ class OpenAIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self) -> Response:
+        """The JSON answer; ASCII-escaped, so no text a client sent can make rendering it fail."""
+        content = json.dumps(self.body(), ensure_ascii=True, separators=(",", ":"))
+        return Response(content, status_code=self.status, headers=self.headers, media_type="application/json")
 
 
-def redis_unavailable(exc: Exception) -> OpenAIError:
+def shorten(text: str, max_chars: int = 64) -> str:
+    """A client-given name, cut to fit an error message."""
+    return text if len(text) <= max_chars else f"{text[:max_chars]}... ({len(text)} characters)"
+
+
+def redis_unavailable(exc: BaseException) -> OpenAIError:
     return OpenAIError(503, f"the request queue (Redis) is unreachable: {exc}", code="redis_unavailable")
 
 
+# What pydantic puts in an error's location for the branch of a union it tried, not a field name.
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_field(part: str) -> bool:
+    return part != "body" and part not in _UNION_TAGS and not any(c in part for c in "[(-")
+
+
 def _param(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in loc if _is_field(str(p))]
     if not parts:
         return None
     out = parts[0]
@@ -92,6 +108,11 @@ def validation_error(exc: RequestValidationError) -> OpenAIError:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return OpenAIError(400, "the request body is not valid JSON", code="invalid_json")
+    # A union field reports one error per branch it tried; the deepest says what is really wrong
+    # (``stop[1]``'s bad text rather than "stop is not a string").
+    field = _param(tuple(first.get("loc", ()))[:2])
+    same_field = [e for e in errors if _param(tuple(e.get("loc", ()))[:2]) == field]
+    first = max(same_field, key=lambda e: len([p for p in e.get("loc", ()) if _is_field(str(p))]))
     loc = tuple(first.get("loc", ()))
     param = _param(loc)
     if loc == ("body",) or param is None:
@@ -102,28 +123,28 @@ def validation_error(exc: RequestValidationError) -> OpenAIError:
     return OpenAIError(400, message, param=param, code="invalid_value")
 
 
-async def _openai_error(_: Request, exc: Exception) -> JSONResponse:
+async def _openai_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, OpenAIError)
     return exc.response()
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     return validation_error(exc).response()
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(exc.headers) if exc.headers else None
     return OpenAIError(exc.status_code, str(exc.detail), headers=headers).response()
 
 
-async def _redis_error(_: Request, exc: Exception) -> JSONResponse:
+async def _redis_error(_: Request, exc: Exception) -> Response:
     logger.warning("redis unreachable: %s", exc)
     return redis_unavailable(exc).response()
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected_error(_: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", exc_info=exc)
     return OpenAIError(500, "internal server error", type="server_error").response()
 

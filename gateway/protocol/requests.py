@@ -2,22 +2,52 @@
 
 Unknown fields are ignored, as OpenAI does; fields OpenAI has but busstop cannot honour (``n`` > 1,
 tools, structured output, ``logit_bias``, ``echo``, ``suffix``) are refused with a 400 saying so.
+Every field has explicit bounds (OpenAI's where it states them), every text must be valid Unicode
+and every float finite, so what passes here cannot break a worker.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from shared.messages import ChatMessage, SamplingOptions
+
+MAX_INT32 = 2**31 - 1
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+MAX_NAME_CHARS = 256  # model and user names
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 1000
+
+
+def _valid_unicode(value: str) -> str:
+    """Refuse lone UTF-16 surrogates (JSON's ``"\ud800"``): they cannot be encoded as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"must be valid Unicode (a lone surrogate at position {exc.start})") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS), AfterValidator(_valid_unicode)]
+Stop = Annotated[str, Field(max_length=MAX_STOP_CHARS), AfterValidator(_valid_unicode)]
+TokenId = Annotated[int, Field(ge=0, le=MAX_INT32)]
 
 # OpenAI's "developer" role is the newer name of "system"; chat templates know only the latter.
 _ROLE_ALIASES = {"developer": "system"}
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class StreamOptions(_Body):
@@ -26,13 +56,13 @@ class StreamOptions(_Body):
 
 class TextPart(_Body):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessageIn(_Body):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Name | None = None
 
     def to_message(self) -> ChatMessage:
         if isinstance(self.content, list):
@@ -45,29 +75,35 @@ class ChatMessageIn(_Body):
 class _SamplingBody(_Body):
     """Fields both endpoints share."""
 
-    model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    model: Name
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Stop | list[Stop] | None = Field(default=None)
+    seed: int | None = Field(default=None, ge=MIN_SEED, le=MAX_SEED)
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    user: str | None = None
+    user: Name | None = None
     logit_bias: dict[str, float] | None = None
     # vLLM's extensions.
-    top_k: int | None = Field(default=None, ge=-1)  # -1 or 0: off
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_INT32)  # -1 or 0: off
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
-    min_tokens: int = Field(default=0, ge=0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_INT32)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
-    priority: int = (
-        0  # lower is sooner, as in vLLM; below 0 asks an internal key's request for the priority tier
-    )
+    stop_token_ids: list[TokenId] | None = Field(default=None, max_length=MAX_STOP_SEQUENCES * 4)
+    # Lower is sooner, as in vLLM; below 0 asks an internal key's request for the priority tier.
+    priority: int = Field(default=0, ge=-MAX_INT32, le=MAX_INT32)
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        return value
 
     @field_validator("n")
     @classmethod
@@ -113,21 +149,40 @@ class _SamplingBody(_Body):
 
 class ChatCompletionRequest(_SamplingBody):
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT32)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[Any] | None = None
+    tool_choice: Any = None
     response_format: dict[str, Any] | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> ChatCompletionRequest:
-        if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs requires logprobs to be true")
-        if self.tools:
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
             raise ValueError("tools are not supported")
-        if self.response_format and self.response_format.get("type", "text") != "text":
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs requires logprobs to be true")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _needs_tools(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("tools"):
+            raise ValueError("tool_choice is only allowed when tools are specified")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and value.get("type", "text") != "text":
             raise ValueError("only the text response_format is supported")
-        return self
+        return value
 
     def chat_messages(self) -> list[ChatMessage]:
         return [m.to_message() for m in self.messages]
@@ -138,10 +193,10 @@ class ChatCompletionRequest(_SamplingBody):
 
 
 class CompletionRequest(_SamplingBody):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | list[Text] | list[TokenId] | list[list[TokenId]]
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
-    suffix: str | None = None
+    suffix: Text | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -153,13 +208,19 @@ class CompletionRequest(_SamplingBody):
                 raise ValueError("only one prompt per request is supported")
         return value
 
-    @model_validator(mode="after")
-    def _check(self) -> CompletionRequest:
-        if self.echo:
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
             raise ValueError("echo is not supported")
-        if self.suffix:
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
             raise ValueError("suffix is not supported")
-        return self
+        return value
 
     def prompt_text(self) -> str | None:
         if isinstance(self.prompt, str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from redis.asyncio import Redis
 
 from gateway.core.auth import Limits, Principal
@@ -10,7 +12,13 @@ from gateway.ratelimit.headers import set_ratelimit_headers
 from gateway.ratelimit.limiter import RateLimiter, RateLimits, estimate_prompt_tokens
 from gateway.ratelimit.queue_cap import QueueCap
 from shared.messages import GenerateRequest, Usage
+from shared.retry import REDIS_ERRORS, RetryPolicy
 from shared.telemetry.gateway_metrics import get_gateway_metrics
+
+logger = logging.getLogger(__name__)
+
+# Releasing is idempotent (keyed by req_id), so it is retried, but briefly: a response waits on it.
+RELEASE_RETRY = RetryPolicy(deadline_s=2.0)
 
 
 def rate_limits(limits: Limits) -> RateLimits:
@@ -48,7 +56,15 @@ class RateLimitLease:
             usage.prompt_tokens + usage.completion_tokens if usage is not None else self._num_prompt_estimate
         )
         limits = rate_limits(self._principal.limits)
-        await self._limiter.release(self._principal.key_id, limits, self._req_id, self._num_reserved, used)
+        try:
+            await RELEASE_RETRY.run(
+                lambda: self._limiter.release(
+                    self._principal.key_id, limits, self._req_id, self._num_reserved, used
+                ),
+                "rate-limit release",
+            )
+        except REDIS_ERRORS as exc:  # the slot's lease expires by itself; the response must still end cleanly
+            logger.warning("could not release the rate-limit lease of %s: %s", self._req_id, exc)
 
 
 class RateLimitAdmission:

@@ -7,7 +7,6 @@ import contextlib
 import anyio
 from fastapi import Request, Response
 from pydantic_core import to_json
-from redis.exceptions import RedisError
 
 from gateway.admission import Lease
 from gateway.serving.collect import collect
@@ -15,6 +14,7 @@ from gateway.serving.formats import ResponseFormat
 from gateway.serving.sse import EventStreamResponse, stream_events
 from gateway.transport.generation import Generation
 from shared.messages import ReplyEvent, Usage
+from shared.retry import REDIS_ERRORS
 
 # nginx's "client closed request": logged when the client left before a non-stream answer was ready.
 CLIENT_CLOSED = 499
@@ -41,7 +41,7 @@ async def respond(
     finally:
         with anyio.CancelScope(shield=True):
             if not generation.is_finished:
-                with contextlib.suppress(RedisError):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await generation.cancel()
             await lease.release(usage)
     if body is None:

@@ -11,7 +11,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import anyio
 from pydantic_core import to_json
-from redis.exceptions import RedisError
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -20,6 +19,7 @@ from gateway.core.errors import OpenAIError, redis_unavailable
 from gateway.serving.formats import ResponseFormat
 from gateway.transport.generation import Generation, error_of
 from shared.messages import ReplyKind, Usage
+from shared.retry import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +64,14 @@ async def stream_events(
                 yield b"".join(out)
     except OpenAIError as exc:
         yield sse_event(exc.body()) + DONE_EVENT
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         logger.warning("redis failed mid-stream: %s", exc)
         yield sse_event(redis_unavailable(exc).body()) + DONE_EVENT
     finally:
         with anyio.CancelScope(shield=True):  # the client may be gone; cleanup must still run
             try:
                 await generation.cancel()
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 logger.warning("could not cancel %s: %s", generation.request.req_id, exc)
             await lease.release(usage)
 

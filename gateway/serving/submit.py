@@ -8,14 +8,14 @@ import uuid
 
 import anyio
 from fastapi import Request
-from redis.exceptions import RedisError
 
 from gateway.admission import TRAFFIC_CLASS_HEADER, Lease, traffic_class
 from gateway.core.auth import Principal
-from gateway.core.errors import OpenAIError
+from gateway.core.errors import OpenAIError, shorten
 from gateway.core.state import GatewayState
 from gateway.transport.generation import Generation, no_live_worker
 from shared.messages import ChatMessage, GenerateRequest, ReplyEvent, SamplingOptions
+from shared.retry import REDIS_ERRORS
 from shared.telemetry.gateway_request import CLIENT_CLOSED
 
 
@@ -26,7 +26,7 @@ def new_req_id() -> str:
 def model_not_found(model: str) -> OpenAIError:
     return OpenAIError(
         404,
-        f"The model `{model}` does not exist or you do not have access to it.",
+        f"The model `{shorten(model)}` does not exist or you do not have access to it.",
         type="invalid_request_error",
         param="model",
         code="model_not_found",
@@ -44,6 +44,29 @@ async def max_model_len(state: GatewayState, model: str) -> int:
             raise no_live_worker(model)
         live = await state.workers.live()
     return live.max_model_len(model) or 1
+
+
+def context_length_exceeded(window: int, num_tokens: int, param: str, at_least: bool) -> OpenAIError:
+    return OpenAIError(
+        400,
+        f"This model's maximum context length is {window} tokens. However, your prompt has "
+        f"{'at least ' if at_least else ''}{num_tokens} tokens, which leaves no room for the completion. "
+        "Please shorten the prompt.",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
+async def refuse_overlong_prompt(
+    state: GatewayState, model: str, window: int, param: str, num_bytes: int = 0, num_token_ids: int = 0
+) -> None:
+    """A 400 before anything is queued for a prompt that cannot fit ``window``: token ids are counted,
+    and text of ``num_bytes`` UTF-8 bytes has at least ``num_bytes / max_token_bytes`` tokens."""
+    if num_token_ids >= window:
+        raise context_length_exceeded(window, num_token_ids, param, at_least=False)
+    max_token_bytes = (await state.workers.live()).max_token_bytes(model)
+    if max_token_bytes and (at_least := -(-num_bytes // max_token_bytes)) >= window:
+        raise context_length_exceeded(window, at_least, param, at_least=True)
 
 
 async def start_generation(
@@ -80,11 +103,11 @@ async def start_generation(
         if isinstance(exc, OpenAIError):
             generation.telemetry.finish(exc.status)
         else:  # Redis failed (the client is told 503), or the client went away
-            generation.telemetry.finish(503 if isinstance(exc, RedisError) else CLIENT_CLOSED)
+            generation.telemetry.finish(503 if isinstance(exc, REDIS_ERRORS) else CLIENT_CLOSED)
         with anyio.CancelScope(shield=True):
             await lease.release(None)
             if not generation.is_finished:
-                with contextlib.suppress(RedisError):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await generation.cancel()
         raise
     return generation, accepted, lease

@@ -20,6 +20,7 @@ from gateway.transport.replies import ReplyReader
 from gateway.transport.workers import WorkerRegistry
 from shared import keys
 from shared.messages import DATA_FIELD, CancelRequest, GenerateRequest, ReplyEvent, ReplyKind
+from shared.retry import RetryPolicy
 from shared.telemetry.gateway_request import CLIENT_CLOSED, RequestTelemetry
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Generation:
         self._registry = registry
         self._settings = settings
         self._reader = ReplyReader(redis, request.req_id)
+        self._reads = RetryPolicy(deadline_s=settings.redis_retry_s)
         self._message_id: str | bytes | None = None
         self._early: list[ReplyEvent] = []  # events read together with the first one
 
@@ -58,7 +60,7 @@ class Generation:
         queued_at = time.monotonic()
         no_worker_since: float | None = None
         while True:
-            events = await self._reader.read(self._settings.read_block_ms)
+            events = await self._read()
             if events:
                 first, self._early = events[0], events[1:]
                 if first.kind in (ReplyKind.ACCEPTED, ReplyKind.ERROR):
@@ -100,7 +102,7 @@ class Generation:
             yield batch
         last_event_at = time.monotonic()
         while not self.is_finished:
-            batch = await self._reader.read(self._settings.read_block_ms)
+            batch = await self._read()
             if is_disconnected is not None and await is_disconnected():
                 await self.cancel()
                 return
@@ -116,6 +118,10 @@ class Generation:
                     f"the worker sent nothing for {self._settings.reply_idle_timeout_s:g}s",
                     code="worker_timeout",
                 )
+
+    async def _read(self) -> list[ReplyEvent]:
+        """The next events, riding out a Redis outage of up to ``redis_retry_s`` (reads are idempotent)."""
+        return await self._reads.run(lambda: self._reader.read(self._settings.read_block_ms), "reply read")
 
     async def cancel(self) -> None:
         """Tell the worker holding the request to abort it; withdraw it if no worker holds it yet."""

@@ -34,6 +34,11 @@ class LiveWorkers:
         workers = self.by_model.get(model)
         return min(w.max_model_len for w in workers) if workers else None
 
+    def max_token_bytes(self, model: str) -> int:
+        """The most UTF-8 bytes one token of ``model`` covers; 0 when a worker does not say."""
+        sizes = [w.max_token_bytes for w in self.by_model.get(model) or []]
+        return 0 if not sizes or 0 in sizes else max(sizes)
+
 
 class WorkerRegistry:
     def __init__(self, redis: Redis, refresh_s: float) -> None:

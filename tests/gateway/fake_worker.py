@@ -43,6 +43,7 @@ class FakeWorker:
         delay_s: float = 0.0,
         max_model_len: int = 64,
         fail_after: int | None = None,
+        max_token_bytes: int = 0,
     ) -> None:
         self.redis = Redis.from_url(redis_url, decode_responses=True)
         self.model = model
@@ -51,6 +52,7 @@ class FakeWorker:
         self.delay_s = delay_s
         self.max_model_len = max_model_len
         self.fail_after = fail_after  # fail every request with a 500 after this many deltas
+        self.max_token_bytes = max_token_bytes  # announced in the heartbeat; 0: unknown
         self.requests: list[GenerateRequest] = []
         self.streams: dict[str, TrafficClass] = {}  # req_id -> the class stream it came from
         self.cancelled: set[str] = set()
@@ -80,7 +82,11 @@ class FakeWorker:
 
     async def _beat(self) -> None:
         beat = WorkerHeartbeat(
-            worker_id=self.worker_id, model=self.model, max_model_len=self.max_model_len, time=time.time()
+            worker_id=self.worker_id,
+            model=self.model,
+            max_model_len=self.max_model_len,
+            max_token_bytes=self.max_token_bytes,
+            time=time.time(),
         )
         await self.redis.set(
             keys.worker_key(self.model, self.worker_id), beat.model_dump_json(), ex=keys.HEARTBEAT_TTL_S

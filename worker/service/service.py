@@ -64,6 +64,7 @@ class WorkerService:
         self._tokenizer = tokenizer
         self._max_model_len = max_model_len
         self._vocab_size = vocab_size
+        self._max_token_bytes = tokenizer.max_token_bytes
         self._metrics = metrics
         self._tracker = RequestTracker(self.worker_id, tokenizer)
         self._reports: asyncio.Queue[EngineReport | None] = asyncio.Queue()  # None: no more reports
@@ -359,6 +360,7 @@ class WorkerService:
             num_waiting=load.num_waiting,
             num_free_pages=load.num_free_pages,
             num_total_pages=load.num_total_pages,
+            max_token_bytes=self._max_token_bytes,
             time=time.time(),
         )
         key = keys.worker_key(self.model_name, self.worker_id)

@@ -6,6 +6,7 @@ decoding in pieces and decoding at once give the same text (see IncrementalDetok
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,12 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.hf)
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The longest UTF-8 text any single token stands for (a bound on bytes per token)."""
+        tokens = self.hf.convert_ids_to_tokens(list(range(len(self.hf))))
+        return max(len(self.hf.convert_tokens_to_string([t]).encode("utf-8")) for t in tokens if t)
 
     @property
     def eos_token_id(self) -> int | None:

@@ -10,7 +10,7 @@ from gateway.api.deps import ApiKeyDep, StateDep
 from gateway.protocol.requests import ChatCompletionRequest
 from gateway.serving.formats import ChatFormat
 from gateway.serving.respond import respond
-from gateway.serving.submit import max_model_len, new_req_id, start_generation
+from gateway.serving.submit import max_model_len, new_req_id, refuse_overlong_prompt, start_generation
 
 router = APIRouter(tags=["openai"])
 
@@ -22,6 +22,9 @@ async def create_chat_completion(
     # Without max_tokens a chat completion may run to the end of the context window (the worker
     # clamps to what the prompt leaves).
     window = await max_model_len(state, body.model)
+    messages = body.chat_messages()
+    num_bytes = sum(len(m.content.encode("utf-8")) for m in messages)
+    await refuse_overlong_prompt(state, body.model, window, "messages", num_bytes=num_bytes)
     req_id = new_req_id()
     generation, accepted, lease = await start_generation(
         state,
@@ -31,7 +34,7 @@ async def create_chat_completion(
         body.model,
         body.sampling(window),
         body.priority,
-        messages=body.chat_messages(),
+        messages=messages,
     )
     fmt = ChatFormat(f"chatcmpl-{req_id}", int(time.time()), body.model, include_usage=body.include_usage)
     return await respond(http, generation, accepted, fmt, lease, body.stream, body.include_usage)

@@ -10,7 +10,7 @@ from gateway.api.deps import ApiKeyDep, StateDep
 from gateway.protocol.requests import CompletionRequest
 from gateway.serving.formats import CompletionFormat
 from gateway.serving.respond import respond
-from gateway.serving.submit import max_model_len, new_req_id, start_generation
+from gateway.serving.submit import max_model_len, new_req_id, refuse_overlong_prompt, start_generation
 
 router = APIRouter(tags=["openai"])
 
@@ -19,7 +19,12 @@ router = APIRouter(tags=["openai"])
 async def create_completion(
     body: CompletionRequest, http: Request, principal: ApiKeyDep, state: StateDep
 ) -> Response:
-    await max_model_len(state, body.model)  # 404 / 503 before anything is queued
+    window = await max_model_len(state, body.model)  # 404 / 503 before anything is queued
+    text, token_ids = body.prompt_text(), body.prompt_token_ids()
+    await refuse_overlong_prompt(
+        state, body.model, window, "prompt",
+        num_bytes=len(text.encode("utf-8")) if text else 0, num_token_ids=len(token_ids or ()),
+    )
     req_id = new_req_id()
     generation, accepted, lease = await start_generation(
         state,
@@ -29,8 +34,8 @@ async def create_completion(
         body.model,
         body.sampling(state.settings.default_completion_max_tokens),
         body.priority,
-        prompt=body.prompt_text(),
-        prompt_token_ids=body.prompt_token_ids(),
+        prompt=text,
+        prompt_token_ids=token_ids,
     )
     fmt = CompletionFormat(f"cmpl-{req_id}", int(time.time()), body.model, include_usage=body.include_usage)
     return await respond(http, generation, accepted, fmt, lease, body.stream, body.include_usage)
