@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from gateway.admission import Admission
+from gateway.api.openapi import install_openapi
 from gateway.api.routes import batches, chat, completions, files, health, metrics, models, ui
 from gateway.batch.service import open_batch_service
 from gateway.core.access_log import PROBE_PATHS, install_access_log_filter
@@ -67,6 +68,7 @@ def create_app(settings: GatewaySettings | None = None, admission: Admission | N
         telemetry={"operation_spans": False, "exclude": lambda scope: scope.get("path") in UNTRACED_PATHS},
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware)
     for router in ROUTERS:

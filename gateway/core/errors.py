@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from fastapi.responses import Response
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Route
 
 from shared.messages import ErrorInfo
 
@@ -133,10 +135,31 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return validation_error(exc).response()
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+def _leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[Route]:
+    """The routes of the app and of the routers it includes (all are included without a prefix)."""
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            yield from _leaf_routes(inner)
+        elif isinstance(route, Route):
+            yield route
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (a path can have one route per method)."""
+    methods: set[str] = set()
+    for route in _leaf_routes(request.app.router.routes):
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods - {"HEAD"}))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    headers = dict(exc.headers) if exc.headers else None
-    return OpenAIError(exc.status_code, str(exc.detail), headers=headers).response()
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return OpenAIError(exc.status_code, str(exc.detail), headers=headers or None).response()
 
 
 async def _redis_error(_: Request, exc: Exception) -> Response:

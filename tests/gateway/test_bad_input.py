@@ -179,8 +179,8 @@ async def test_a_body_over_the_limit_is_413_before_it_is_read(redis_url: str) ->
     async with running(app):
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": f"Bearer {API_KEY}"}
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers) as c:
-            client = c
+        client = httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers)
+        async with client:
             big = chat(messages=[{"role": "user", "content": "x" * 5000}])
             assert_openai_error(await client.post(CHAT, json=big), 413, "request_too_large")
 

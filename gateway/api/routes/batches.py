@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from gateway.api.openapi import INTERNAL, errors
 from gateway.batch.deps import BatchDep, InternalKeyDep
 from gateway.batch.lines import ENDPOINTS
 from gateway.batch.models import CANCELLABLE_STATUSES, Batch, BatchStatus, CreateBatchRequest, window_seconds
@@ -20,7 +21,7 @@ def _not_found(batch_id: str) -> OpenAIError:
     return OpenAIError(404, f"No such Batch object: {batch_id}", param="batch_id", code="batch_not_found")
 
 
-@router.post("/v1/batches")
+@router.post("/v1/batches", responses=errors(*INTERNAL, 404, 413))
 async def create_batch(body: CreateBatchRequest, principal: InternalKeyDep, service: BatchDep) -> Batch:
     if body.endpoint not in ENDPOINTS:
         raise OpenAIError(400, f"endpoint must be one of {', '.join(ENDPOINTS)}", param="endpoint")
@@ -48,7 +49,7 @@ async def create_batch(body: CreateBatchRequest, principal: InternalKeyDep, serv
     return batch
 
 
-@router.get("/v1/batches/{batch_id}")
+@router.get("/v1/batches/{batch_id}", responses=errors(*INTERNAL, 404))
 async def get_batch(batch_id: str, principal: InternalKeyDep, service: BatchDep) -> Batch:
     batch = await service.store.get(batch_id, principal.tenant)
     if batch is None:
@@ -56,7 +57,7 @@ async def get_batch(batch_id: str, principal: InternalKeyDep, service: BatchDep)
     return batch
 
 
-@router.get("/v1/batches")
+@router.get("/v1/batches", responses=errors(*INTERNAL))
 async def list_batches(
     principal: InternalKeyDep,
     service: BatchDep,
@@ -73,7 +74,7 @@ async def list_batches(
     }
 
 
-@router.post("/v1/batches/{batch_id}/cancel")
+@router.post("/v1/batches/{batch_id}/cancel", responses=errors(*INTERNAL, 404, 409))
 async def cancel_batch(batch_id: str, principal: InternalKeyDep, service: BatchDep) -> Batch:
     batch = await service.store.get(batch_id, principal.tenant)
     if batch is None:

@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from gateway.api.deps import ApiKeyDep, StateDep
+from gateway.api.openapi import GENERATION
 from gateway.protocol.requests import CompletionRequest
 from gateway.serving.formats import CompletionFormat
 from gateway.serving.respond import respond
@@ -15,7 +16,7 @@ from gateway.serving.submit import max_model_len, new_req_id, refuse_overlong_pr
 router = APIRouter(tags=["openai"])
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=GENERATION)
 async def create_completion(
     body: CompletionRequest, http: Request, principal: ApiKeyDep, state: StateDep
 ) -> Response:

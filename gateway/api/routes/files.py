@@ -9,11 +9,29 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
+from gateway.api.openapi import INTERNAL, errors
 from gateway.batch.deps import BatchDep, InternalKeyDep
 from gateway.batch.files import CHUNK_BYTES, FileObject, FileTooLarge, deleted_body
 from gateway.core.errors import OpenAIError
 
 router = APIRouter(tags=["files"])
+
+# The form the route reads itself (it streams the file to disk instead of buffering it).
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "purpose"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "A batch's JSONL input"},
+                    "purpose": {"type": "string", "enum": ["batch"]},
+                },
+            }
+        }
+    },
+}
 
 # Room for the multipart envelope around the file (boundaries, part headers, the purpose field).
 _MULTIPART_SLACK_BYTES = 64 * 1024
@@ -27,7 +45,7 @@ def _not_found(file_id: str) -> OpenAIError:
     return OpenAIError(404, f"No such File object: {file_id}", param="file_id", code="file_not_found")
 
 
-@router.post("/v1/files")
+@router.post("/v1/files", responses=errors(*INTERNAL, 413), openapi_extra={"requestBody": UPLOAD_BODY})
 async def upload_file(http: Request, principal: InternalKeyDep, service: BatchDep) -> FileObject:
     max_bytes = service.settings.max_file_bytes
     declared = http.headers.get("content-length")
@@ -56,7 +74,7 @@ async def upload_file(http: Request, principal: InternalKeyDep, service: BatchDe
         await form.close()
 
 
-@router.get("/v1/files/{file_id}")
+@router.get("/v1/files/{file_id}", responses=errors(*INTERNAL, 404))
 async def get_file(file_id: str, principal: InternalKeyDep, service: BatchDep) -> FileObject:
     found = await service.files.get(principal.tenant, file_id)
     if found is None:
@@ -64,7 +82,11 @@ async def get_file(file_id: str, principal: InternalKeyDep, service: BatchDep) -
     return found
 
 
-@router.get("/v1/files/{file_id}/content")
+@router.get(
+    "/v1/files/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/jsonl": {}}}, **errors(*INTERNAL, 404)},
+)
 async def get_file_content(file_id: str, principal: InternalKeyDep, service: BatchDep) -> StreamingResponse:
     found = await service.files.get(principal.tenant, file_id)
     if found is None or not service.files.path(file_id).is_file():
@@ -72,7 +94,7 @@ async def get_file_content(file_id: str, principal: InternalKeyDep, service: Bat
     return StreamingResponse(service.files.iter_bytes(file_id), media_type="application/jsonl")
 
 
-@router.delete("/v1/files/{file_id}")
+@router.delete("/v1/files/{file_id}", responses=errors(*INTERNAL, 404))
 async def delete_file(file_id: str, principal: InternalKeyDep, service: BatchDep) -> dict[str, Any]:
     if not await service.files.delete(principal.tenant, file_id):
         raise _not_found(file_id)

@@ -18,7 +18,11 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    responses={503: {"description": "Redis is unreachable or a model has no live worker (see reason)",
+                     "content": {"application/json": {"schema": {"type": "object"}}}}},
+)
 async def ready(state: StateDep) -> JSONResponse:
     """200 when Redis answers and each configured model (BUSSTOP_MODELS) has a live worker, or,
     with none configured, when any worker is live; 503 with the reason otherwise."""
