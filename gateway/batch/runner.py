@@ -19,6 +19,7 @@ from gateway.batch.driver import BatchDriver
 from gateway.batch.executor import LineExecutor
 from gateway.batch.files import FileStore
 from gateway.batch.store import BatchStore
+from shared.retry import TRANSIENT_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ class BatchRunner:
         while not self._is_stopping:
             try:
                 await self._take_free_batches()
-            except Exception:  # Redis down for a moment: try again at the next poll
+            except TRANSIENT_ERRORS as exc:  # Redis down for a moment: try again at the next poll
+                logger.warning("batch runner poll failed: %s: %s", type(exc).__name__, exc)
+            except Exception:
                 logger.exception("batch runner poll failed")
             await asyncio.sleep(self._settings.batch_poll_s)
 

@@ -213,6 +213,8 @@ class WorkerService:
             await self._take(messages)
 
     async def _take(self, messages: list[intake.IntakeMessage]) -> None:
+        held = set(self._tracker.held_messages())  # after an outage this worker may reclaim its own
+        messages = [m for m in messages if m.message not in held]
         prepared = await asyncio.gather(*(self._prepare(m) for m in messages))
         for message, item in zip(messages, prepared, strict=True):
             if item is None:
@@ -296,7 +298,7 @@ class WorkerService:
                     self._metrics.observe_step(report.stats)
                 for req_id in self._tracker.apply(report, batch):
                     self._engine_loop.submit(AbortCommand(req_id))
-            await self._write(await self._without_lost(batch))
+            await self._write(batch)
             self._capacity_changed.set()
 
     async def _without_lost(self, batch: ReplyBatch) -> ReplyBatch:
@@ -307,11 +309,7 @@ class WorkerService:
         """
         if time.monotonic() - self._confirmed_at < self.settings.reclaim_min_idle_ms / 2000 or not batch:
             return batch
-        try:
-            lost = await self._writes.run(lambda: self._refresh(batch.finals), "refresh")
-        except REDIS_ERRORS:
-            lost = set()  # _write fails too and hands the batch's requests back
-        return batch.without(lost)
+        return batch.without(await self._refresh(batch.finals))
 
     async def _refresh(self, finals: list[tuple[str | None, HeldMessage]] | None = None) -> set[str]:
         """Renew our hold on every held message (and those of ``finals``, requests that just finished);
@@ -332,9 +330,14 @@ class WorkerService:
 
     async def _write(self, batch: ReplyBatch) -> None:
         """Write ``batch``, riding out a Redis outage up to ``write_deadline_s``; after that its requests
-        are handed back (left pending), so a worker resumes them from what did reach Redis."""
+        are handed back (left pending), so a worker resumes them from what did reach Redis. Every
+        attempt first drops what another worker may have taken over meanwhile."""
+
+        async def attempt() -> None:
+            await (await self._without_lost(batch)).write(self._redis)
+
         try:
-            await self._writes.run(lambda: batch.write(self._redis), "reply write")
+            await self._writes.run(attempt, "reply write")
         except ResponseError as exc:  # the pipeline ran; one command failed (e.g. its stream is gone)
             log.error("reply write: %s", exc)
         except REDIS_ERRORS as exc:
