@@ -32,7 +32,8 @@ from worker.service import intake
 from worker.service.control import read_cancels
 from worker.service.engine_loop import AbortCommand, AddCommand, EngineLoop, EngineReport
 from worker.service.prepare import PreparedRequest, RequestError, parse_request, prepare_request, req_id_of
-from worker.service.replies import HeldMessage, ReplyBatch
+from worker.service.replies import ReplyBatch
+from worker.service.reply_writer import ReplyWriter
 from worker.service.resume import ResumeState, read_resume_state
 from worker.service.settings import WorkerSettings
 from worker.service.tracker import RequestTracker, error_event, step_failed
@@ -71,9 +72,9 @@ class WorkerService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine_loop = EngineLoop(engine, self._deliver)
         self._writes = RetryPolicy(deadline_s=settings.write_deadline_s)
-        # When Redis last confirmed that this worker still holds its messages: until half the reclaim
-        # threshold later, no other worker can have taken them.
-        self._confirmed_at = time.monotonic()
+        self._writer = ReplyWriter(
+            redis, self.worker_id, self._tracker, self._abort, settings.reclaim_min_idle_ms, self._writes
+        )
         self._next_reclaim = 0.0
         self._num_submitted = 0  # handed to the engine thread, not yet admitted or rejected
         self._capacity_changed = asyncio.Event()
@@ -271,7 +272,7 @@ class WorkerService:
             batch.finish(req_id, msg.message)
             return None
         finally:
-            await self._write(batch)
+            await self._writer.write(batch)
 
     # --- replies ------------------------------------------------------------------------------------
 
@@ -298,54 +299,11 @@ class WorkerService:
                     self._metrics.observe_step(report.stats)
                 for req_id in self._tracker.apply(report, batch):
                     self._engine_loop.submit(AbortCommand(req_id))
-            await self._write(batch)
+            await self._writer.write(batch)
             self._capacity_changed.set()
 
-    async def _without_lost(self, batch: ReplyBatch) -> ReplyBatch:
-        """``batch`` less the requests another worker may have reclaimed since Redis last confirmed ours.
-
-        Only after a pause or an outage longer than half the reclaim threshold does this cost a round
-        trip: a worker that wakes from a SIGSTOP stops writing for requests that moved on at once.
-        """
-        if time.monotonic() - self._confirmed_at < self.settings.reclaim_min_idle_ms / 2000 or not batch:
-            return batch
-        return batch.without(await self._refresh(batch.finals))
-
-    async def _refresh(self, finals: list[tuple[str | None, HeldMessage]] | None = None) -> set[str]:
-        """Renew our hold on every held message (and those of ``finals``, requests that just finished);
-        forget and abort the requests another worker reclaimed, and return their ids."""
-        started = time.monotonic()
-        finals = finals or []
-        held = self._tracker.held_messages() + [message for _, message in finals]
-        lost = set(await intake.refresh(self._redis, self.worker_id, held))
-        self._confirmed_at = started
-        if not lost:
-            return set()
-        req_ids = set(self._tracker.forget(lost))
-        for req_id in req_ids:
-            self._engine_loop.submit(AbortCommand(req_id))
-        req_ids.update(req_id for req_id, message in finals if req_id is not None and message in lost)
-        log.warning("%d requests were reclaimed by other workers; no longer writing for them", len(lost))
-        return req_ids
-
-    async def _write(self, batch: ReplyBatch) -> None:
-        """Write ``batch``, riding out a Redis outage up to ``write_deadline_s``; after that its requests
-        are handed back (left pending), so a worker resumes them from what did reach Redis. Every
-        attempt first drops what another worker may have taken over meanwhile."""
-
-        async def attempt() -> None:
-            await (await self._without_lost(batch)).write(self._redis)
-
-        try:
-            await self._writes.run(attempt, "reply write")
-        except ResponseError as exc:  # the pipeline ran; one command failed (e.g. its stream is gone)
-            log.error("reply write: %s", exc)
-        except REDIS_ERRORS as exc:
-            req_ids = {req_id for req_id, _ in batch.events}
-            for req_id in self._tracker.hand_back(req_ids):
-                self._engine_loop.submit(AbortCommand(req_id))
-            log.error("dropped %d reply events (%s); their requests are left for reclaim",
-                      len(batch.events), exc)
+    def _abort(self, req_id: str) -> None:
+        self._engine_loop.submit(AbortCommand(req_id))
 
     def _cancel(self, req_id: str) -> None:
         if self._tracker.cancel(req_id):
@@ -374,7 +332,7 @@ class WorkerService:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
                 await self._heartbeat_once()
-                await self._refresh()
+                await self._writer.refresh()
             except REDIS_ERRORS as exc:
                 log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
 
