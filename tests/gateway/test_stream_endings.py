@@ -72,7 +72,8 @@ async def test_a_silent_worker_ends_the_stream_with_a_504_event(redis_url: str) 
 
 
 async def test_a_worker_error_mid_stream_ends_the_stream_with_its_event(redis_url: str) -> None:
-    async with ServerThread(create_app(make_settings(redis_url))) as server, FakeWorker(redis_url, fail_after=2):
+    app = create_app(make_settings(redis_url))
+    async with ServerThread(app) as server, FakeWorker(redis_url, fail_after=2):
         payloads = await asyncio.wait_for(read_stream(server.url), 30)
     assert payloads[-1] == "[DONE]"
     assert json.loads(payloads[-2])["error"]["message"] == "the engine failed"
