@@ -79,9 +79,9 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 class ServerThread:
     """uvicorn serving an app on a free loopback port, in a thread with its own event loop."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, log_level: str = "warning") -> None:
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level=log_level, lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
