@@ -32,8 +32,8 @@ test: install system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(VENV)/bin/ruff check gateway worker shared loadtest tests
-	$(VENV)/bin/mypy gateway worker shared
+	$(VENV)/bin/ruff check busstop gateway worker shared loadtest tests
+	$(VENV)/bin/mypy busstop gateway worker shared
 
 bench: install
 	$(PY) -m worker.bench

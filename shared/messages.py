@@ -2,17 +2,21 @@
 
 Each stream entry carries one field, ``data``, holding the JSON of one of these models.
 ``v`` is the schema version: a reader rejects a message whose version it does not know
-instead of guessing at its fields. No pickle on the wire.
+instead of guessing at its fields. No pickle on the wire. Every reader reads through ``decode``.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 DATA_FIELD = "data"
+_DATA_FIELD_BYTES = DATA_FIELD.encode()  # the field's name in a client that does not decode replies
 
 
 class TrafficClass(StrEnum):
@@ -164,3 +168,47 @@ class WorkerHeartbeat(_Message):
     # which lets the gateway refuse a prompt far over the window before queueing it. 0: unknown.
     max_token_bytes: int = 0
     time: float = 0.0
+
+
+class MessageError(ValueError):
+    """A Redis entry that is not a readable message of the expected kind and schema version."""
+
+
+M = TypeVar("M", bound=_Message)
+
+
+def decode(model_cls: type[M], fields: Mapping[Any, Any] | None) -> M:
+    """The ``model_cls`` message in a stream entry's ``fields`` (or ``{DATA_FIELD: value}`` of a key).
+
+    The one way every reader reads a message: any problem (no data field, bad JSON, missing or wrong
+    fields, a schema version this code does not know) is a ``MessageError``, and the reader decides in
+    one line what that means for it (answer 502, skip it, fail the request). It never crashes a process.
+    """
+    data = None if fields is None else fields.get(DATA_FIELD, fields.get(_DATA_FIELD_BYTES))
+    name = model_cls.__name__
+    if data is None:
+        raise MessageError(f"{name}: the entry has no {DATA_FIELD!r} field")
+    try:
+        message = model_cls.model_validate_json(data)
+    except ValidationError as exc:
+        version = _version_of(data)
+        if version is not None and version != SCHEMA_VERSION:
+            raise MessageError(_wrong_version(name, version)) from None
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise MessageError(f"unreadable {name}: {where + ': ' if where else ''}{first['msg']}") from None
+    if message.v != SCHEMA_VERSION:
+        raise MessageError(_wrong_version(name, message.v))
+    return message
+
+
+def _wrong_version(name: str, version: int) -> str:
+    return f"{name}: schema version {version}, this reader knows {SCHEMA_VERSION}"
+
+
+def _version_of(data: str | bytes) -> int | None:
+    try:
+        value = json.loads(data).get("v")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None

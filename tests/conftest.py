@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.redis_server import RedisServer
+from busstop.redis_server import RedisServer
 from tests.stack import stack, store  # noqa: F401 - one running stack for the e2e, browser and load tests
 
 

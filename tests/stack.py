@@ -16,9 +16,9 @@ import pytest
 import redis
 from openai.types.chat import ChatCompletionChunk
 
+from busstop.stack import DEFAULT_MODEL, LocalStack
 from shared import keys
 from shared.messages import ReplyEvent, WorkerHeartbeat
-from shared.stack import DEFAULT_MODEL, LocalStack
 
 MODEL = DEFAULT_MODEL
 MAX_MODEL_LEN = 512

@@ -18,7 +18,6 @@ import torch
 from shared.retry import connect
 from shared.telemetry.logs import configure_logging
 from shared.telemetry.tracing import setup_tracing
-from shared.telemetry.worker_metrics import WorkerMetrics, start_metrics_server
 from worker.engine.config import EngineConfig
 from worker.engine.engine import Engine
 from worker.engine.kv_cache import page_bytes
@@ -27,6 +26,7 @@ from worker.loader import LoadedModel, ModelLoadError, ModelSettings, get_model_
 from worker.model.parallel import SINGLE, ParallelContext
 from worker.parallel.serving import start_tensor_parallel
 from worker.parallel.settings import ParallelSettings, parallel_settings
+from worker.service.metrics import WorkerMetrics, start_metrics_server
 from worker.service.service import WorkerService
 from worker.service.settings import WorkerSettings, get_worker_settings
 

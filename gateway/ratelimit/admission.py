@@ -11,9 +11,9 @@ from gateway.core.errors import OpenAIError
 from gateway.ratelimit.headers import set_ratelimit_headers
 from gateway.ratelimit.limiter import RateLimiter, RateLimits, estimate_prompt_tokens
 from gateway.ratelimit.queue_cap import QueueCap
+from gateway.telemetry.metrics import get_gateway_metrics
 from shared.messages import GenerateRequest, Usage
 from shared.retry import REDIS_ERRORS, RetryPolicy
-from shared.telemetry.gateway_metrics import get_gateway_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -12,12 +12,11 @@ from gateway.admission import Lease
 from gateway.serving.collect import collect
 from gateway.serving.formats import ResponseFormat
 from gateway.serving.sse import EventStreamResponse, stream_events
+from gateway.telemetry.request import CLIENT_CLOSED
 from gateway.transport.generation import Generation
 from shared.messages import ReplyEvent, Usage
 from shared.retry import REDIS_ERRORS
 
-# nginx's "client closed request": logged when the client left before a non-stream answer was ready.
-CLIENT_CLOSED = 499
 # As OpenAI's API: the id to quote when asking about a request (logs and traces carry it too).
 REQUEST_ID_HEADER = "x-request-id"
 

@@ -16,12 +16,12 @@ from redis.asyncio import Redis
 
 from gateway.core.config import GatewaySettings
 from gateway.core.errors import OpenAIError
+from gateway.telemetry.request import CLIENT_CLOSED, RequestTelemetry
 from gateway.transport.replies import ReplyReader
 from gateway.transport.workers import WorkerRegistry
 from shared import keys
 from shared.messages import DATA_FIELD, CancelRequest, GenerateRequest, ReplyEvent, ReplyKind
 from shared.retry import RetryPolicy
-from shared.telemetry.gateway_request import CLIENT_CLOSED, RequestTelemetry
 
 logger = logging.getLogger(__name__)
 

@@ -8,14 +8,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.messages import DATA_FIELD, SCHEMA_VERSION, ErrorInfo, ReplyEvent, ReplyKind
+from shared.messages import ErrorInfo, MessageError, ReplyEvent, ReplyKind, decode
 
 logger = logging.getLogger(__name__)
 
 # Entries taken per XREAD: a worker writes one entry per request per step, so a reader that fell
 # behind catches up in one round trip.
 READ_COUNT = 1024
-_DATA_FIELD_BYTES = DATA_FIELD.encode()
 
 
 class ReplyReader:
@@ -32,8 +31,11 @@ class ReplyReader:
         for _stream, entries in found or ():
             for entry_id, fields in entries:
                 self._last_id = entry_id
-                data = fields.get(DATA_FIELD, fields.get(_DATA_FIELD_BYTES))  # either client decoding
-                event = _parse(data) or _unreadable(self._next_seq)
+                try:
+                    event = decode(ReplyEvent, fields)
+                except MessageError as exc:  # the client is told instead of left waiting
+                    logger.error("reply %s: %s", self._stream, exc)
+                    event = _unreadable(self._next_seq)
                 if event.seq < self._next_seq:  # written again by a worker that resumed the request
                     continue
                 if event.seq > self._next_seq:
@@ -41,19 +43,6 @@ class ReplyReader:
                 self._next_seq = event.seq + 1
                 events.append(event)
         return events
-
-
-def _parse(data: str | bytes | None) -> ReplyEvent | None:
-    try:
-        if data is None:
-            raise ValueError(f"entry without a {DATA_FIELD!r} field")
-        event = ReplyEvent.model_validate_json(data)
-        if event.v != SCHEMA_VERSION:
-            raise ValueError(f"reply schema version {event.v}, expected {SCHEMA_VERSION}")
-        return event
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        logger.error("unreadable reply event: %s", exc)
-        return None
 
 
 def _unreadable(seq: int) -> ReplyEvent:

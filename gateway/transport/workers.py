@@ -11,11 +11,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.messages import SCHEMA_VERSION, TrafficClass, WorkerHeartbeat
+from shared.messages import DATA_FIELD, MessageError, TrafficClass, WorkerHeartbeat, decode
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +64,9 @@ class WorkerRegistry:
             if value is None:  # expired between SCAN and MGET
                 continue
             try:
-                beat = WorkerHeartbeat.model_validate_json(value)
-            except ValidationError:
-                logger.warning("ignoring malformed heartbeat at %s", name)
-                continue
-            if beat.v != SCHEMA_VERSION:
-                logger.warning("ignoring heartbeat of schema version %d at %s", beat.v, name)
+                beat = decode(WorkerHeartbeat, {DATA_FIELD: value})
+            except MessageError as exc:  # not a worker this gateway can count on: skip it
+                logger.warning("ignoring heartbeat at %s: %s", name, exc)
                 continue
             by_model.setdefault(beat.model, []).append(beat)
         return LiveWorkers(by_model, time.monotonic())

@@ -1,10 +1,7 @@
-"""One OpenTelemetry trace per request, across the gateway and the worker.
+"""Tracing setup both processes share: one OpenTelemetry trace per request, across gateway and worker.
 
-The gateway opens the request span (and a queue-wait child until a worker accepts); its W3C
-``traceparent`` rides inside ``GenerateRequest.traceparent``; the worker opens its request span as a
-child of that, with ``prefill`` (admission to first token) and ``decode`` (first token to finish)
-below it. Spans are started and ended with explicit calls, not context managers, because a
-request's life spans a streaming generator (gateway) or many engine steps (worker).
+The gateway's request span (``gateway/telemetry/trace.py``) passes its W3C ``traceparent`` inside
+``GenerateRequest.traceparent``; the worker's span (``worker/service/trace.py``) is its child.
 
 A tracer provider is always installed so trace ids exist for logs and propagation; spans leave
 the process over OTLP/HTTP only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-specific
@@ -21,7 +18,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -67,132 +64,3 @@ def context_from_traceparent(traceparent: str | None) -> Context:
 def trace_id_hex(span: Span) -> str | None:
     ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
-
-
-class GatewayRequestTrace:
-    """The gateway's request span, and the queue-wait span from XADD to the worker's first reply.
-
-    Started inside an HTTP handler, the span is a child of the current span (FastAPI's own server
-    span). Without one, it is the server span itself, under ``parent``: the client's
-    ``traceparent`` header, if it sent one.
-    """
-
-    __slots__ = ("span", "_tracer", "_queue")
-
-    def __init__(
-        self,
-        tracer: Tracer,
-        name: str,
-        req_id: str,
-        model: str,
-        traffic_class: str,
-        parent: str | None = None,
-        start_time_ns: int | None = None,
-    ) -> None:
-        has_server_span = trace.get_current_span().get_span_context().is_valid
-        self.span = tracer.start_span(
-            name,
-            context=None if has_server_span else context_from_traceparent(parent),
-            kind=SpanKind.INTERNAL if has_server_span else SpanKind.SERVER,
-            attributes={
-                "busstop.req_id": req_id,
-                "gen_ai.request.model": model,
-                "busstop.traffic_class": traffic_class,
-            },
-            start_time=start_time_ns,
-        )
-        self._tracer = tracer
-        self._queue: Span | None = None
-
-    @property
-    def traceparent(self) -> str | None:
-        """What goes into ``GenerateRequest.traceparent``."""
-        return traceparent_of(self.span)
-
-    @property
-    def trace_id(self) -> str | None:
-        return trace_id_hex(self.span)
-
-    def enqueued(self) -> None:
-        self._queue = self._tracer.start_span("queue_wait", context=trace.set_span_in_context(self.span))
-
-    def accepted(self, worker_id: str | None) -> None:
-        if self._queue is not None:
-            if worker_id:
-                self._queue.set_attribute("busstop.worker_id", worker_id)
-            self._queue.end()
-            self._queue = None
-
-    def finish(self, status: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        """End the spans (idempotent: the SDK ignores a second ``end``)."""
-        self.accepted(None)
-        self.span.set_attribute("http.response.status_code", status)
-        self.span.set_attribute("gen_ai.usage.input_tokens", prompt_tokens)
-        self.span.set_attribute("gen_ai.usage.output_tokens", completion_tokens)
-        if status >= 500:
-            self.span.set_status(Status(StatusCode.ERROR))
-        self.span.end()
-
-
-class WorkerRequestTrace:
-    """A worker's spans for one request: ``worker.request`` with ``prefill`` then ``decode`` below it."""
-
-    __slots__ = ("span", "_tracer", "_ctx", "_phase", "_is_decoding")
-
-    def __init__(
-        self,
-        tracer: Tracer,
-        traceparent: str | None,
-        req_id: str,
-        traffic_class: str,
-        worker_id: str,
-        model: str | None = None,
-    ) -> None:
-        attributes = {
-            "busstop.req_id": req_id,
-            "busstop.traffic_class": traffic_class,
-            "busstop.worker_id": worker_id,
-        }
-        if model:
-            attributes["gen_ai.request.model"] = model
-        self.span = tracer.start_span(
-            "worker.request",
-            context=context_from_traceparent(traceparent),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        )
-        self._tracer = tracer
-        self._ctx = trace.set_span_in_context(self.span)
-        self._phase: Span | None = None
-        self._is_decoding = False
-
-    @property
-    def trace_id(self) -> str | None:
-        return trace_id_hex(self.span)
-
-    def admitted(self, num_prompt_tokens: int) -> None:
-        """The engine took the request: prefill starts."""
-        self.span.set_attribute("gen_ai.usage.input_tokens", num_prompt_tokens)
-        self._phase = self._tracer.start_span("prefill", context=self._ctx)
-
-    def on_tokens(self, num_cached_tokens: int = 0) -> None:
-        """Output tokens arrived; the first time, prefill ends and decode starts. Cheap afterwards."""
-        if self._is_decoding:
-            return
-        self._is_decoding = True
-        if self._phase is not None:
-            self._phase.set_attribute("busstop.num_cached_tokens", num_cached_tokens)
-            self._phase.end()
-        self._phase = self._tracer.start_span("decode", context=self._ctx)
-
-    def finish(self, finish_reason: str | None, completion_tokens: int = 0, error: str | None = None) -> None:
-        """End the spans; ``error`` marks a request that failed or was left for another worker."""
-        if self._phase is not None:
-            self._phase.end()
-            self._phase = None
-        if finish_reason:
-            self.span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
-        self.span.set_attribute("gen_ai.usage.output_tokens", completion_tokens)
-        if error:
-            self.span.set_status(Status(StatusCode.ERROR, error))
-        self.span.end()

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from busstop.redis_server import free_port
+from busstop.stack import LocalStack
 from shared import keys
 from shared.messages import DATA_FIELD, ReplyEvent, ReplyKind
-from shared.redis_server import free_port
-from shared.stack import LocalStack
 from tests.deploy.stack_client import StreamedChat, stream_chat
 
 NUM_STREAMS = 3

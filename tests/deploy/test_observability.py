@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.redis_server import free_port
-from shared.stack import LocalStack
+from busstop.redis_server import free_port
+from busstop.stack import LocalStack
 from tests.deploy.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.deploy.stack_client import StreamedChat, scrape, stream_chat, value
 

@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from shared.redis_server import free_port
+from busstop.redis_server import free_port
 from tests.stack import E2E_ENV, READY_TIMEOUT_S
 
 
@@ -24,7 +24,7 @@ def is_listening(port: int) -> bool:
 def test_busstop_up_serves_and_ctrl_c_stops_everything() -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--port", str(port), "--timeout", str(READY_TIMEOUT_S)],
+        [sys.executable, "-m", "busstop.cli", "up", "--port", str(port), "--timeout", str(READY_TIMEOUT_S)],
         env={**os.environ, **E2E_ENV},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

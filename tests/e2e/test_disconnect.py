@@ -8,8 +8,8 @@ import time
 import httpx
 import redis
 
+from busstop.stack import LocalStack
 from shared.messages import ReplyKind
-from shared.stack import LocalStack
 from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk
 
 

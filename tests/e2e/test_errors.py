@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.stack import LocalStack
+from busstop.stack import LocalStack
 from tests.stack import MAX_MODEL_LEN, MODEL
 
 

@@ -24,9 +24,9 @@ import openai
 import pytest
 import redis
 
+from busstop.stack import LocalStack
 from shared import keys
 from shared.messages import DATA_FIELD, GenerateRequest, ReplyKind, SamplingOptions, TrafficClass
-from shared.stack import LocalStack
 from tests.gateway.batch_helpers import INTERNAL_KEY, PUBLIC_KEY, write_keys_file
 from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk, running_stack
 

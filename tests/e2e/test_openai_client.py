@@ -7,7 +7,7 @@ import asyncio
 import openai
 import pytest
 
-from shared.stack import LocalStack
+from busstop.stack import LocalStack
 from tests.stack import MAX_MODEL_LEN, MODEL
 
 FIXED_LENGTH = {"ignore_eos": True}  # vLLM's extension: exactly max_tokens tokens

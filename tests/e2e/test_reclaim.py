@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from busstop.stack import LocalStack
 from shared import keys
 from shared.messages import ReplyKind, TrafficClass
-from shared.stack import LocalStack
 from tests.stack import MODEL, heartbeats, long_stream, reply_events, req_id_of_chunk, running_stack
 
 NUM_TOKENS = 96

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from busstop.stack import LocalStack
 from shared.messages import ReplyKind
-from shared.stack import LocalStack
 from tests.stack import long_stream, reply_events, req_id_of_chunk, running_stack
 
 NUM_TOKENS = 64

@@ -12,9 +12,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from busstop.redis_server import free_port
 from gateway.core.config import GatewaySettings
 from gateway.main import create_app
-from shared.redis_server import free_port
 
 API_KEY = "test-key"
 

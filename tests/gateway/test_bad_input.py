@@ -8,8 +8,8 @@ import json
 import httpx
 import pytest
 
+from busstop.redis_server import free_port
 from gateway.main import create_app
-from shared.redis_server import free_port
 from tests.gateway.conftest import API_KEY, make_settings, running
 from tests.gateway.fake_worker import TOO_LONG, FakeWorker
 

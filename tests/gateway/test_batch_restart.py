@@ -17,10 +17,10 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from busstop.redis_server import free_port
 from gateway.main import create_app
 from shared import keys
 from shared.messages import TrafficClass
-from shared.redis_server import free_port
 from tests.gateway.batch_helpers import (
     INTERNAL,
     batch_env,

@@ -17,9 +17,9 @@ import pytest
 import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from busstop.stack import LocalStack
 from shared.keys import reply_stream
 from shared.messages import ReplyKind, WorkerHeartbeat
-from shared.stack import LocalStack
 from tests.stack import MODEL, heartbeats, reply_events
 
 CHROMIUM = Path("/usr/bin/chromium")

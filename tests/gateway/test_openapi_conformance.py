@@ -19,8 +19,8 @@ import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
+from busstop.redis_server import RedisServer, free_port
 from gateway.main import create_app
-from shared.redis_server import RedisServer, free_port
 from tests.gateway.batch_helpers import INTERNAL, write_keys_file
 from tests.gateway.conftest import make_settings
 from tests.gateway.fake_worker import FakeWorker

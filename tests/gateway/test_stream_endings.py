@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from busstop.redis_server import RedisServer
 from gateway.main import create_app
-from shared.redis_server import RedisServer
 from shared.retry import REDIS_ERRORS
 from tests.gateway.conftest import API_KEY, ServerThread, make_settings
 from tests.gateway.fake_worker import FakeWorker

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from shared.stack import LocalStack
+from busstop.stack import LocalStack
 from tests.stack import MODEL
 
 REPO = Path(__file__).resolve().parents[2]

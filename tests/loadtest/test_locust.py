@@ -19,11 +19,11 @@ import httpx
 import pytest
 import redis
 
+from busstop.redis_server import free_port
+from busstop.stack import LocalStack
 from gateway.core.auth import hash_key
 from shared.keys import request_stream
 from shared.messages import TrafficClass
-from shared.redis_server import free_port
-from shared.stack import LocalStack
 from tests.stack import MODEL
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,9 +9,9 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.request import RequestTelemetry
 from shared.messages import ErrorInfo, GenerateRequest, ReplyEvent, ReplyKind, TrafficClass, Usage
-from shared.telemetry.gateway_metrics import GatewayMetrics
-from shared.telemetry.gateway_request import RequestTelemetry
 from shared.telemetry.logs import JsonFormatter
 
 

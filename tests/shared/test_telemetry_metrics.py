@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from shared.telemetry.gateway_metrics import GatewayMetrics
-from shared.telemetry.worker_metrics import WorkerMetrics
+from gateway.telemetry.metrics import GatewayMetrics
+from worker.service.metrics import WorkerMetrics
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:

@@ -7,7 +7,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared.telemetry.tracing import GatewayRequestTrace, WorkerRequestTrace, context_from_traceparent
+from gateway.telemetry.trace import GatewayRequestTrace
+from shared.telemetry.tracing import context_from_traceparent
+from worker.service.trace import WorkerRequestTrace
 
 
 def provider_with(exporter: InMemorySpanExporter, service: str) -> TracerProvider:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main
+from busstop.cli import main
 from worker.planner.gpus import GIB, MIB, get_gpu
 from worker.planner.plan import (
     ModelShape,

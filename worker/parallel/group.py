@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from shared.redis_server import free_port
 from worker.model.parallel import ParallelContext
 
 
@@ -42,7 +42,10 @@ class GroupConfig:
 
 def local_group_config(world_size: int, device: str = "cpu", timeout_s: float = 300.0) -> GroupConfig:
     """A group whose ranks all run on this machine, meeting on a free local port."""
-    return GroupConfig(world_size, f"tcp://127.0.0.1:{free_port()}", device, timeout_s)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    return GroupConfig(world_size, f"tcp://127.0.0.1:{port}", device, timeout_s)
 
 
 def join_group(rank: int, config: GroupConfig) -> ParallelContext:

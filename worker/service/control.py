@@ -7,27 +7,22 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.messages import DATA_FIELD, SCHEMA_VERSION, CancelRequest
+from shared.messages import CancelRequest, MessageError, decode
 from shared.retry import FOREVER, REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
 
 def parse_cancel(fields: dict[str, str]) -> CancelRequest | None:
-    """The entry's CancelRequest; None (logged) for one this worker cannot read."""
+    """The entry's CancelRequest; None (logged, then skipped) for one this worker cannot read."""
     try:
-        cancel = CancelRequest.model_validate_json(fields.get(DATA_FIELD, ""))
-    except ValidationError as exc:
-        log.warning("ignoring unreadable control message: %s", exc.errors()[0]["msg"])
+        return decode(CancelRequest, fields)
+    except MessageError as exc:
+        log.warning("ignoring control message: %s", exc)
         return None
-    if cancel.v != SCHEMA_VERSION:
-        log.warning("ignoring control message of schema version %d", cancel.v)
-        return None
-    return cancel
 
 
 async def read_cancels(

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from jinja2 import TemplateError
-from pydantic import ValidationError
 
-from shared.messages import CLASS_RANK, SCHEMA_VERSION, ErrorInfo, GenerateRequest
+from shared.messages import CLASS_RANK, DATA_FIELD, ErrorInfo, GenerateRequest, MessageError, decode
 from worker.engine.sampling_params import SamplingParams
 
 
@@ -47,14 +46,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def parse_request(data: str | None) -> GenerateRequest:
-    """The message's GenerateRequest; a RequestError for one this worker cannot read."""
+    """The message's GenerateRequest; a RequestError (answered 400) for one this worker cannot read."""
     try:
-        req = GenerateRequest.model_validate_json(data or "")
-    except ValidationError as exc:
-        raise bad_request(f"malformed request message: {exc.errors()[0]['msg']}") from exc
-    if req.v != SCHEMA_VERSION:
-        raise bad_request(f"unsupported request message version {req.v}")
-    return req
+        return decode(GenerateRequest, {DATA_FIELD: data})
+    except MessageError as exc:
+        raise bad_request(f"malformed request message: {exc}") from exc
 
 
 def req_id_of(data: str | None) -> str | None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.messages import DATA_FIELD, ReplyEvent, ReplyKind
+from shared.messages import MessageError, ReplyEvent, ReplyKind, decode
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +35,9 @@ async def read_resume_state(redis: Redis, req_id: str) -> ResumeState:
     is_finished = was_accepted = False
     for entry_id, fields in entries:
         try:
-            event = ReplyEvent.model_validate_json(fields.get(DATA_FIELD, ""))
-        except ValidationError:
-            log.warning("reply %s: skipping unreadable entry %s", req_id, entry_id)
+            event = decode(ReplyEvent, fields)
+        except MessageError as exc:
+            log.warning("reply %s: skipping entry %s: %s", req_id, entry_id, exc)
             continue
         next_seq = max(next_seq, event.seq + 1)
         if event.kind is ReplyKind.DELTA:

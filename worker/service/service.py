@@ -27,10 +27,10 @@ from shared.messages import (
     WorkerHeartbeat,
 )
 from shared.retry import FOREVER, REDIS_ERRORS, RetryPolicy
-from shared.telemetry.worker_metrics import WorkerMetrics
 from worker.service import intake
 from worker.service.control import read_cancels
 from worker.service.engine_loop import AbortCommand, AddCommand, EngineLoop, EngineReport
+from worker.service.metrics import WorkerMetrics
 from worker.service.prepare import PreparedRequest, RequestError, parse_request, prepare_request, req_id_of
 from worker.service.replies import ReplyBatch
 from worker.service.reply_writer import ReplyWriter

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.messages import ErrorInfo, ReplyEvent, ReplyKind, TokenLogprob, TopLogprob, Usage
-from shared.telemetry.tracing import WorkerRequestTrace, get_tracer
+from shared.telemetry.tracing import get_tracer
 from worker.service.engine_loop import EngineReport
 from worker.service.prepare import PreparedRequest
 from worker.service.replies import HeldMessage, ReplyBatch
 from worker.service.resume import ResumeState
+from worker.service.trace import WorkerRequestTrace
 from worker.tokenizer import IncrementalDetokenizer, Tokenizer
 
 log = logging.getLogger(__name__)

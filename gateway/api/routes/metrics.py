@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from shared.telemetry.gateway_metrics import get_gateway_metrics
+from gateway.telemetry.metrics import get_gateway_metrics
 
 router = APIRouter(tags=["operations"])
 

@@ -13,9 +13,10 @@ import time
 
 from opentelemetry.trace import Tracer
 
+from gateway.telemetry.metrics import GatewayMetrics, get_gateway_metrics
+from gateway.telemetry.trace import GatewayRequestTrace
 from shared.messages import GenerateRequest, ReplyEvent, ReplyKind
-from shared.telemetry.gateway_metrics import GatewayMetrics, get_gateway_metrics
-from shared.telemetry.tracing import GatewayRequestTrace, get_tracer
+from shared.telemetry.tracing import get_tracer
 
 log = logging.getLogger("gateway.requests")
 

@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="busstop")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    from shared import stack
+    from busstop import stack
     from worker.planner import cli as plan_cli
 
     up = commands.add_parser("up", help="start Redis, a worker and the gateway on this machine")

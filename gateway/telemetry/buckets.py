@@ -1,4 +1,4 @@
-"""Histogram buckets, following vLLM's so dashboards built for vLLM read busstop's metrics the same way."""
+"""The gateway's histogram buckets, following vLLM's: dashboards built for vLLM read them the same way."""
 
 from __future__ import annotations
 
@@ -16,11 +16,5 @@ ITL_BUCKETS_S = (
 REQUEST_LATENCY_BUCKETS_S = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
     960.0, 1920.0, 7680.0,
-)
-# vllm:iteration_tokens_total
-STEP_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-# busstop:step_duration_seconds (no vLLM counterpart): one engine step, sub-millisecond to seconds
-STEP_TIME_BUCKETS_S = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 # fmt: on

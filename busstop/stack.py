@@ -21,7 +21,7 @@ from typing import IO
 
 import httpx
 
-from shared.redis_server import RedisServer, free_port
+from busstop.redis_server import RedisServer, free_port
 
 DEFAULT_MODEL = "smollm2"
 

@@ -7,25 +7,19 @@ token. Series carry ``model_name`` (one engine serves one model; the scheduler's
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from shared.telemetry.buckets import STEP_TIME_BUCKETS_S, STEP_TOKENS_BUCKETS
+from worker.engine.outputs import EngineStats
 
-
-class StepStats(Protocol):
-    """The part of ``worker.engine.EngineStats`` the metrics read."""
-
-    num_running: int
-    num_waiting: int
-    num_free_pages: int
-    num_total_pages: int
-    num_preemptions: int  # cumulative
-    prefix_cache_queries: int  # cumulative, tokens
-    prefix_cache_hits: int  # cumulative, tokens
-    last_step_num_tokens: int
-    last_step_time_s: float
+# Following vLLM's, so dashboards built for vLLM read these the same way.
+# fmt: off
+# vllm:iteration_tokens_total
+STEP_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# busstop:step_duration_seconds (no vLLM counterpart): one engine step, sub-millisecond to seconds
+STEP_TIME_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+# fmt: on
 
 
 class WorkerMetrics:
@@ -76,14 +70,14 @@ class WorkerMetrics:
         ).labels(model_name)
         self._last_counts = (0, 0, 0)  # preemptions, prefix queries, prefix hits seen so far
 
-    def observe_step(self, stats: StepStats) -> None:
+    def observe_step(self, stats: EngineStats) -> None:
         """Record one step; call after every ``Engine.step()`` that ran (idle steps are skipped)."""
         self.observe_load(stats)
         if stats.last_step_num_tokens > 0:
             self.step_tokens.observe(stats.last_step_num_tokens)
             self.step_time.observe(stats.last_step_time_s)
 
-    def observe_load(self, stats: StepStats) -> None:
+    def observe_load(self, stats: EngineStats) -> None:
         """Refresh gauges and counters without a step (e.g. on a heartbeat while idle)."""
         used = stats.num_total_pages - stats.num_free_pages
         self.running.set(stats.num_running)

@@ -1,0 +1,1 @@
+"""The gateway's metrics, spans and request log line."""
