@@ -17,7 +17,6 @@ from redis.asyncio import Redis
 from gateway.batch.config import BatchSettings
 from gateway.batch.executor import LineExecutor
 from gateway.batch.files import FileStore
-from gateway.batch.line import Submitted, await_reply
 from gateway.batch.lines import (
     BatchLine,
     LineError,
@@ -28,8 +27,10 @@ from gateway.batch.lines import (
     parse_lines,
 )
 from gateway.batch.models import Batch, BatchStatus
+from gateway.batch.reply import Submitted, await_line
 from gateway.batch.store import BatchStore, errors_of
 from gateway.core.errors import OpenAIError
+from gateway.telemetry.request import CLIENT_CLOSED
 from shared import keys
 from shared.messages import ReplyKind, TrafficClass
 
@@ -46,7 +47,6 @@ class BatchDriver:
         settings: BatchSettings,
         batch_id: str,
         tenant: str,
-        read_block_ms: int,
     ) -> None:
         self._redis = redis
         self._store = store
@@ -55,7 +55,6 @@ class BatchDriver:
         self._settings = settings
         self._batch_id = batch_id
         self._tenant = tenant
-        self._read_block_ms = read_block_ms  # one blocking read of a reply stream
         self._stopping = (
             asyncio.Event()
         )  # set on cancel or expiry: submit nothing more, abort in-flight lines
@@ -154,19 +153,19 @@ class BatchDriver:
             out = output_line(batch.id, line.index, line.custom_id, exc.status, exc.body())
             await self._store.record(batch.id, line.index, out, is_ok=False)
             return
+        generation = self._executor.generation(request)
         stream = keys.request_stream(request.model, TrafficClass.BATCH)
         if prior is None:
-            await self._store.submit(batch.id, line.index, req_id, stream, request.model_dump_json())
+            message = generation.request.model_dump_json()  # it carries the trace's parent
+            await self._store.submit(batch.id, line.index, req_id, stream, message)
             prior = await self._store.submitted_line(batch.id, line.index)
             assert prior is not None  # just submitted, by this call or a concurrent one
-        events = await await_reply(
-            self._redis,
-            Submitted(prior[0], stream, prior[1]),
-            self._stopping,
-            self._read_block_ms,
-            self._settings.batch_lost_check_s,
+        line_sent = Submitted(prior[0], stream, prior[1])
+        events = await await_line(
+            generation, self._redis, line_sent, self._stopping, self._settings.batch_lost_check_s
         )
         if events is None or (events[-1].kind == ReplyKind.DONE and events[-1].finish_reason == "abort"):
+            generation.telemetry.finish(CLIENT_CLOSED)
             return  # stopped by cancel or expiry: the line has no result
         status, body = self._executor.respond(batch.endpoint, request, events)
         out = output_line(batch.id, line.index, line.custom_id, status, body)

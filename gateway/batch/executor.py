@@ -6,12 +6,17 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from gateway.transport.generation import Generation
 from shared.messages import GenerateRequest, ReplyEvent
 
 
 class LineExecutor(Protocol):
     async def build(self, endpoint: str, body: dict[str, Any], req_id: str, tenant: str) -> GenerateRequest:
         """The batch-class request for a line; raises ``OpenAIError`` (e.g. 400, 404) if it cannot run."""
+        ...
+
+    def generation(self, request: GenerateRequest) -> Generation:
+        """The transport that carries ``request`` to a worker and back, as for any request."""
         ...
 
     def respond(

@@ -32,14 +32,12 @@ class BatchRunner:
         files: FileStore,
         executor: LineExecutor,
         settings: BatchSettings,
-        read_block_ms: int,
     ) -> None:
         self._redis = redis
         self._store = store
         self._files = files
         self._executor = executor
         self._settings = settings
-        self._read_block_ms = read_block_ms
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         # Set by stop(): redis-py can swallow a cancel that lands inside a connection handshake.
@@ -98,7 +96,6 @@ class BatchRunner:
                 self._settings,
                 batch_id,
                 tenant,
-                self._read_block_ms,
             )
             drive = asyncio.create_task(driver.run())
             renew = asyncio.create_task(self._renew(batch_id, token))

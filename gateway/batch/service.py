@@ -29,7 +29,7 @@ async def open_batch_service(
     s = settings or get_batch_settings()
     files = FileStore(state.redis, s.files_dir)
     store = BatchStore(state.redis)
-    runner = BatchRunner(state.redis, store, files, ServingExecutor(state), s, state.settings.read_block_ms)
+    runner = BatchRunner(state.redis, store, files, ServingExecutor(state), s)
     runner.start()
     service = BatchService(s, files, store, runner)
     app.state.batch = service

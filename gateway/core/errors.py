@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -103,7 +104,8 @@ def _msg(error: Any) -> str:
     return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
 
 
-def validation_error(exc: RequestValidationError) -> OpenAIError:
+def validation_error(exc: RequestValidationError | ValidationError) -> OpenAIError:
+    """The 400 of a body that does not validate (FastAPI's, or a Batch API line's)."""
     errors = exc.errors()
     if not errors:
         return OpenAIError(400, "invalid request")

@@ -33,17 +33,26 @@ def model_not_found(model: str) -> OpenAIError:
     )
 
 
+async def known_window(state: GatewayState, model: str) -> int | None:
+    """The context window of ``model``'s live workers, None while none is live; 404 for a model nobody
+    serves (no live worker, not in ``BUSSTOP_MODELS``, no request streams)."""
+    live = await state.workers.live()
+    if live.has_model(model):
+        return live.max_model_len(model)
+    if model not in state.settings.models and not await state.workers.has_request_streams(model):
+        raise model_not_found(model)
+    return None
+
+
 async def max_model_len(state: GatewayState, model: str) -> int:
     """The context window of ``model``'s live workers; 404 for a model nobody serves, 503 when its
     workers are all down for longer than ``worker_wait_s``."""
-    live = await state.workers.live()
-    if not live.has_model(model):
-        if model not in state.settings.models and not await state.workers.has_request_streams(model):
-            raise model_not_found(model)
-        if not await state.workers.wait_for(model, state.settings.worker_wait_s):
-            raise no_live_worker(model)
-        live = await state.workers.live()
-    return live.max_model_len(model) or 1
+    window = await known_window(state, model)
+    if window is not None:
+        return window
+    if not await state.workers.wait_for(model, state.settings.worker_wait_s):
+        raise no_live_worker(model)
+    return (await state.workers.live()).max_model_len(model) or 1
 
 
 def context_length_exceeded(window: int, num_tokens: int, param: str, at_least: bool) -> OpenAIError:

@@ -1,5 +1,6 @@
 """One request's trip through a worker: submit it, wait for a worker to accept it, read its
-events, and cancel it if the client goes away.
+events, and cancel it if the client goes away. The chat and completion routes and the Batch API all
+drive requests through this one class.
 
 The HTTP status is decided by the first reply event (the contract in ``shared/messages.py``):
 ACCEPTED means 200 and a stream of deltas; ERROR carries the status to answer with, so a prompt
@@ -13,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from gateway.core.config import GatewaySettings
 from gateway.core.errors import OpenAIError
@@ -43,8 +45,14 @@ class Generation:
         self._settings = settings
         self._reader = ReplyReader(redis, request.req_id)
         self._reads = RetryPolicy(deadline_s=settings.redis_retry_s)
+        self._stream = keys.request_stream(request.model, request.traffic_class)
         self._message_id: str | bytes | None = None
         self._early: list[ReplyEvent] = []  # events read together with the first one
+
+    def attach(self, message_id: str | bytes) -> None:
+        """The request was put on its stream elsewhere (the Batch API records it with the line)."""
+        self._message_id = message_id
+        self.telemetry.enqueued()
 
     async def start(self) -> ReplyEvent:
         """Submit the request and return its ACCEPTED event.
@@ -53,10 +61,7 @@ class Generation:
         for ``worker_wait_s`` (503), or when no worker accepts it within ``queue_timeout_s`` (503).
         """
         req = self.request
-        self._message_id = await self._redis.xadd(
-            keys.request_stream(req.model, req.traffic_class), {DATA_FIELD: req.model_dump_json()}
-        )
-        self.telemetry.enqueued()
+        self.attach(await self._redis.xadd(self._stream, {DATA_FIELD: req.model_dump_json()}))
         queued_at = time.monotonic()
         no_worker_since: float | None = None
         while True:
@@ -78,10 +83,10 @@ class Generation:
             elif no_worker_since is None:
                 no_worker_since = now
             elif now - no_worker_since >= self._settings.worker_wait_s:
-                await self._withdraw()
+                await self._take_back()
                 raise no_live_worker(req.model)
             if now - queued_at >= self._settings.queue_timeout_s:
-                await self._withdraw()
+                await self._take_back()
                 raise OpenAIError(
                     503,
                     f"no worker accepted the request within {self._settings.queue_timeout_s:g}s",
@@ -119,9 +124,17 @@ class Generation:
                     code="worker_timeout",
                 )
 
-    async def _read(self) -> list[ReplyEvent]:
+    async def follow(self, block: bool = True) -> list[ReplyEvent]:
+        """The events read since the last call (waiting up to ``read_block_ms`` for one if ``block``),
+        noted like those of ``events()``: the worker holding the request, whether it is finished."""
+        batch = await self._read(block)
+        self._note_all(batch)
+        return batch
+
+    async def _read(self, block: bool = True) -> list[ReplyEvent]:
         """The next events, riding out a Redis outage of up to ``redis_retry_s`` (reads are idempotent)."""
-        return await self._reads.run(lambda: self._reader.read(self._settings.read_block_ms), "reply read")
+        block_ms = self._settings.read_block_ms if block else None
+        return await self._reads.run(lambda: self._reader.read(block_ms), "reply read")
 
     async def cancel(self) -> None:
         """Tell the worker holding the request to abort it; withdraw it if no worker holds it yet."""
@@ -130,11 +143,12 @@ class Generation:
         self.telemetry.finish(CLIENT_CLOSED)
         self.is_finished = True
         if self.worker_id is None:
-            await self._withdraw()
+            await self._take_back()
             return
-        await self._send_cancel(self.worker_id)
+        await self.send_cancel(self.worker_id)
 
-    async def _send_cancel(self, worker_id: str) -> None:
+    async def send_cancel(self, worker_id: str) -> None:
+        """Ask ``worker_id`` to abort the request; its reply then ends with DONE ``abort``."""
         stream = keys.control_stream(worker_id)
         cancel = CancelRequest(req_id=self.request.req_id)
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -144,16 +158,28 @@ class Generation:
             pipe.expire(stream, keys.CONTROL_TTL_S)
             await pipe.execute()
 
-    async def _withdraw(self) -> None:
-        """Delete the unaccepted request message; a worker that took it just before gets a cancel."""
-        self.is_finished = True
-        if self._message_id is not None:
-            await self._redis.xdel(
-                keys.request_stream(self.request.model, self.request.traffic_class), self._message_id
+    async def withdraw(self) -> bool:
+        """Delete the request message; True if no worker had taken it (so none ever will)."""
+        msg_id = self._message_id
+        if msg_id is None:
+            return True
+        await self._redis.xdel(self._stream, msg_id)
+        try:
+            pending = await self._redis.xpending_range(
+                self._stream, keys.WORKER_GROUP, min=msg_id, max=msg_id, count=1
             )
+        except ResponseError:  # no worker group: no worker ever read the stream
+            return True
+        return not pending
+
+    async def _take_back(self) -> None:
+        """Withdraw the unaccepted request; a worker that took it just before gets a cancel."""
+        self.is_finished = True
+        if await self.withdraw():
+            return
         for event in await self._reader.read(None):
             if event.kind is ReplyKind.ACCEPTED and event.worker_id:
-                await self._send_cancel(event.worker_id)
+                await self.send_cancel(event.worker_id)
 
     def _note(self, event: ReplyEvent) -> None:
         if event.kind is ReplyKind.ACCEPTED and event.worker_id:

@@ -9,10 +9,14 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from gateway.batch.line import Submitted, _is_lost, await_reply
 from gateway.batch.lines import BatchLine, LineError, parse_lines
+from gateway.batch.reply import Submitted, await_line
+from gateway.batch.reply import is_lost as _is_lost
+from gateway.transport.generation import Generation
+from gateway.transport.workers import WorkerRegistry
 from shared import keys
-from shared.messages import DATA_FIELD, ReplyEvent, ReplyKind
+from shared.messages import DATA_FIELD, GenerateRequest, ReplyEvent, ReplyKind, TrafficClass
+from tests.gateway.conftest import make_settings
 
 CHAT = "/v1/chat/completions"
 
@@ -79,10 +83,16 @@ async def test_a_line_is_lost_only_once_served_and_its_reply_gone(redis: Redis) 
     assert await _is_lost(redis, sub)
 
 
-async def test_await_reply_ends_a_lost_line_with_an_error(redis: Redis) -> None:
+def generation_of(redis: Redis, redis_url: str, sub: Submitted) -> Generation:
+    request = GenerateRequest(req_id=sub.req_id, model="m", traffic_class=TrafficClass.BATCH)
+    return Generation(redis, WorkerRegistry(redis, 1.0), make_settings(redis_url, read_block_ms=20), request)
+
+
+async def test_await_reply_ends_a_lost_line_with_an_error(redis: Redis, redis_url: str) -> None:
     sub = await submitted(redis)
     await redis.xreadgroup(keys.WORKER_GROUP, "w", {sub.stream: ">"})
     await redis.xack(sub.stream, keys.WORKER_GROUP, sub.msg_id)  # served; its reply expired unread
-    events = await await_reply(redis, sub, asyncio.Event(), read_block_ms=20, lost_check_s=0.05)
+    generation = generation_of(redis, redis_url, sub)
+    events = await await_line(generation, redis, sub, asyncio.Event(), lost_check_s=0.05)
     assert events is not None and events[-1].kind is ReplyKind.ERROR
     assert events[-1].error is not None and events[-1].error.code == "result_lost"
