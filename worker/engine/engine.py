@@ -8,12 +8,9 @@ from collections.abc import Sequence as SequenceOf
 
 import torch
 
-from worker.engine.attention import TorchAttentionBackend, resolve_backend_name
-from worker.engine.attention.base import BaseAttentionBackend
 from worker.engine.block_manager import BlockManager
 from worker.engine.config import EngineConfig
 from worker.engine.isolation import StepIsolator
-from worker.engine.kv_cache import KVCache, page_bytes
 from worker.engine.outputs import Capacity, EngineStats, RequestOutput, TokenLogprobs
 from worker.engine.runner import ModelRunner
 from worker.engine.sampling_params import SamplingParams
@@ -31,39 +28,24 @@ class EngineBroken(RuntimeError):
     """Steps keep failing whatever runs in them: the engine, not a request, is at fault."""
 
 
-def _make_backend(config: EngineConfig, model: LlamaForCausalLM, device: torch.device
-                  ) -> BaseAttentionBackend:
-    if resolve_backend_name(config.attention_backend, device, config.dtype) == "flashinfer":
-        from worker.engine.attention.flashinfer_backend import FlashInferAttentionBackend
-
-        return FlashInferAttentionBackend(*model.attention_shape, config.dtype, device)
-    return TorchAttentionBackend()
-
-
 class Engine:
     def __init__(self, model: LlamaForCausalLM, config: EngineConfig, eos_token_ids: tuple[int, ...]) -> None:
         mc = model.config
         if config.max_model_len > mc.max_position_embeddings:
             raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's "
                              f"max_position_embeddings {mc.max_position_embeddings}")
-        self.config = config
-        self.model_config = mc
-        self.device = torch.device(config.device)
-        self.model = model.to(device=self.device, dtype=config.dtype).eval()
-        num_kv_heads = model.num_kv_heads_per_rank
-        num_pages = config.num_pages or config.kv_cache_bytes // page_bytes(
-            mc.num_hidden_layers, config.page_size, num_kv_heads, mc.head_dim, config.dtype)
-        if num_pages < 1:
-            raise ValueError(f"kv_cache_bytes {config.kv_cache_bytes} is too small for one page")
         if any(not 0 <= t < mc.vocab_size for t in eos_token_ids):
             raise ValueError(f"eos_token_ids {eos_token_ids} must be in [0, {mc.vocab_size})")
-        self.eos_token_ids = frozenset(eos_token_ids)
-        self.kv_cache = KVCache(mc.num_hidden_layers, num_pages, config.page_size, num_kv_heads, mc.head_dim,
-                                config.dtype, self.device)
-        self.block_manager = BlockManager(num_pages, config.page_size, config.enable_prefix_caching)
+        self.config = config
+        self.model_config = mc
+        self.runner = ModelRunner.build(model, config, eos_token_ids)
+        self.device = self.runner.device
+        self.model = self.runner.model
+        self.kv_cache = self.runner.kv_cache
+        self.eos_token_ids = self.runner.eos_token_ids
+        self.block_manager = BlockManager(
+            self.kv_cache.num_pages, config.page_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
-        backend = _make_backend(config, model, self.device)
-        self.runner = ModelRunner(self.model, self.kv_cache, backend, self.eos_token_ids, self.device)
         self._isolator = StepIsolator(self.runner)
         self._newcomers: set[str] = set()  # added since the last step ran
         self._num_failed_steps = 0  # steps in a row in which nothing ran

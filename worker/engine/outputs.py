@@ -27,19 +27,21 @@ class RequestOutput:
 class Capacity:
     """How much more the engine can admit now (pages already promised to waiting prompts excluded)."""
 
-    num_free_seqs: int
-    num_free_pages: int
-    page_size: int
+    num_free_seqs: int = 0
+    num_free_pages: int = 0
+    page_size: int = 1
 
 
 @dataclass(frozen=True)
 class EngineStats:
-    num_running: int
-    num_waiting: int
-    num_free_pages: int
-    num_total_pages: int
-    num_preemptions: int  # cumulative
-    prefix_cache_queries: int  # prompt tokens looked up, cumulative
-    prefix_cache_hits: int  # of those, tokens found in the cache
-    last_step_num_tokens: int
-    last_step_time_s: float
+    """Zero everywhere by default: an engine that holds nothing."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    num_free_pages: int = 0
+    num_total_pages: int = 0
+    num_preemptions: int = 0  # cumulative
+    prefix_cache_queries: int = 0  # prompt tokens looked up, cumulative
+    prefix_cache_hits: int = 0  # of those, tokens found in the cache
+    last_step_num_tokens: int = 0
+    last_step_time_s: float = 0.0

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from worker.engine.attention import TorchAttentionBackend, resolve_backend_name
 from worker.engine.attention.base import BaseAttentionBackend
 from worker.engine.attention.metadata import AttentionMetadata
-from worker.engine.kv_cache import KVCache
+from worker.engine.config import EngineConfig
+from worker.engine.kv_cache import KVCache, page_bytes
 from worker.engine.outputs import TokenLogprobs
 from worker.engine.sampler import sample
 from worker.engine.scheduler import SchedulerOutput
@@ -27,6 +29,10 @@ class RunnerOutput:
 
 
 class ModelRunner:
+    """One rank's model, KV cache and attention backend. Rank 0 of a tensor-parallel group also holds
+    the step sender (it arrives in ``model.parallel``) and hands every step to the other ranks, which
+    are only runners following those steps (worker/parallel/rank.py)."""
+
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, backend: BaseAttentionBackend,
                  eos_token_ids: frozenset[int], device: torch.device) -> None:
         self.model = model
@@ -34,6 +40,28 @@ class ModelRunner:
         self.backend = backend
         self.eos_token_ids = eos_token_ids
         self.device = device
+        self.step_sender = model.parallel.step_sender
+
+    @classmethod
+    def build(cls, model: LlamaForCausalLM, config: EngineConfig, eos_token_ids: tuple[int, ...] = ()
+              ) -> ModelRunner:
+        """The model on ``config``'s device and dtype, a KV cache of ``config``'s size, its backend."""
+        mc = model.config
+        device = torch.device(config.device)
+        model = model.to(device=device, dtype=config.dtype).eval()
+        num_kv_heads = model.num_kv_heads_per_rank
+        num_pages = config.num_pages or config.kv_cache_bytes // page_bytes(
+            mc.num_hidden_layers, config.page_size, num_kv_heads, mc.head_dim, config.dtype)
+        if num_pages < 1:
+            raise ValueError(f"kv_cache_bytes {config.kv_cache_bytes} is too small for one page")
+        kv_cache = KVCache(mc.num_hidden_layers, num_pages, config.page_size, num_kv_heads, mc.head_dim,
+                           config.dtype, device)
+        backend: BaseAttentionBackend = TorchAttentionBackend()
+        if resolve_backend_name(config.attention_backend, device, config.dtype) == "flashinfer":
+            from worker.engine.attention.flashinfer_backend import FlashInferAttentionBackend
+
+            backend = FlashInferAttentionBackend(*model.attention_shape, config.dtype, device)
+        return cls(model, kv_cache, backend, frozenset(eos_token_ids), device)
 
     @torch.inference_mode()
     def execute(self, output: SchedulerOutput) -> RunnerOutput:
@@ -55,7 +83,8 @@ class ModelRunner:
         sampling = [j for j, item in enumerate(batch) if item.is_sampling]
         ends = list(itertools.accumulate(q_lens))
         last_rows = torch.tensor([ends[j] - 1 for j in sampling], dtype=torch.int64, device=self.device)
-        self.model.parallel.broadcast_step(ids, metadata, last_rows)  # TP: the other ranks run this step too
+        if self.step_sender is not None:  # TP: the other ranks run this step too
+            self.step_sender.send(ids, metadata, last_rows)
         hidden = self.model(ids, metadata.positions, self.backend, self.kv_cache)  # [num_tokens, hidden]
 
         sampled: list[int | None] = [None] * len(output.scheduled)

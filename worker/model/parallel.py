@@ -50,11 +50,6 @@ class ParallelContext:
         """The first KV head this rank holds: the one its query heads read (GQA groups stay together)."""
         return self.rank * num_kv_heads // self.world_size
 
-    def broadcast_step(self, input_ids: torch.Tensor, metadata: Any, logits_rows: torch.Tensor) -> None:
-        """Rank 0: send this step's model inputs to the other ranks, which run the same forward."""
-        if self.step_sender is not None:
-            self.step_sender.send(input_ids, metadata, logits_rows)
-
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, in place."""
         if self.world_size == 1:

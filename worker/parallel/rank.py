@@ -1,4 +1,4 @@
-"""Ranks 1..N-1: build this rank's part of the model and engine, then run every step rank 0 sends."""
+"""Ranks 1..N-1: build this rank's part of the model and a runner for it, then run every step rank 0 sends."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from worker.engine.config import EngineConfig
-from worker.engine.engine import Engine
+from worker.engine.runner import ModelRunner
 from worker.model.llama import LlamaForCausalLM
 from worker.model.parallel import ParallelContext
 from worker.parallel.group import GroupConfig, join_group, leave_group
@@ -39,19 +39,18 @@ def run_rank(
         torch.set_num_threads(num_threads)
     parallel = join_group(rank, group)
     try:
-        # The engine here only owns the shard, its KV cache (this rank's heads) and the attention
-        # backend; its scheduler stays idle, since rank 0 decides what runs.
-        engine = Engine(make_model(parallel), rank_engine_config(engine_config, group, rank), ())
-        log.info("tensor-parallel rank %d/%d ready on %s", rank, group.world_size, engine.device)
-        follow_steps(engine, StepReceiver(parallel, engine.device))
+        # Only a runner: this rank's shard, its KV cache (this rank's heads) and the attention backend.
+        # Rank 0's scheduler decides what runs.
+        runner = ModelRunner.build(make_model(parallel), rank_engine_config(engine_config, group, rank))
+        log.info("tensor-parallel rank %d/%d ready on %s", rank, group.world_size, runner.device)
+        follow_steps(runner, StepReceiver(parallel, runner.device))
     finally:
         leave_group()
 
 
 @torch.inference_mode()
-def follow_steps(engine: Engine, receiver: StepReceiver) -> int:
+def follow_steps(runner: ModelRunner, receiver: StepReceiver) -> int:
     """Run rank 0's steps through this rank's shard; returns how many ran."""
-    runner = engine.runner
     num_steps = 0
     while (step := receiver.receive()) is not None:
         runner.backend.plan(step.metadata)

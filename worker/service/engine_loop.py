@@ -12,12 +12,12 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from worker.engine.engine import Engine
-
+from worker.engine.outputs import Capacity, EngineStats, RequestOutput
+from worker.engine.sampling_params import SamplingParams
 from worker.service.prepare import PreparedRequest
 
 log = logging.getLogger(__name__)
@@ -34,28 +34,28 @@ class AbortCommand:
     req_id: str
 
 
-@dataclass(frozen=True)
-class EngineLoad:
-    """A snapshot of the engine's load, taken on the engine thread after each step."""
+class ServedEngine(Protocol):
+    """What the service needs of an engine (``worker.engine.engine.Engine``)."""
 
-    num_free_seqs: int = 0
-    num_free_pages: int = 0
-    page_size: int = 1
-    num_running: int = 0
-    num_waiting: int = 0
-    num_total_pages: int = 0
-    num_preemptions: int = 0
+    def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
+                    priority: int = 0, arrival_time: float | None = None,
+                    output_token_ids: SequenceOf[int] = ()) -> None: ...
+    def abort(self, req_id: str) -> None: ...
+    def has_unfinished(self) -> bool: ...
+    def step(self) -> list[RequestOutput]: ...
+    def capacity(self) -> Capacity: ...
+    def stats(self) -> EngineStats: ...
 
 
 @dataclass(frozen=True)
 class EngineReport:
-    """What one turn of the loop produced, delivered in order."""
+    """What one turn of the loop produced, delivered in order, with the engine's state after it."""
 
+    capacity: Capacity = field(default_factory=Capacity)
+    stats: EngineStats = field(default_factory=EngineStats)
     admitted: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (req_id, why)
-    outputs: list[Any] = field(default_factory=list)  # list[RequestOutput]
-    load: EngineLoad = field(default_factory=EngineLoad)
-    stats: Any = None  # the engine's EngineStats after this turn, for metrics
+    outputs: list[RequestOutput] = field(default_factory=list)  # empty: no step ran
     fatal: str | None = None  # the engine failed; the loop has stopped
 
 
@@ -63,14 +63,16 @@ class EngineLoop:
     """Drives ``engine`` from a dedicated thread; ``submit`` is safe to call from any thread."""
 
     def __init__(
-        self, engine: Engine, on_report: Callable[[EngineReport], None], idle_wait_s: float = 0.05
+        self, engine: ServedEngine, on_report: Callable[[EngineReport], None], idle_wait_s: float = 0.05
     ) -> None:
         self._engine = engine
         self._on_report = on_report
         self._idle_wait_s = idle_wait_s
         self._commands: queue.Queue[AddCommand | AbortCommand | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
-        self.load = self._snapshot()
+        # The engine's state after the last turn, read by the I/O side (replaced whole, never mutated).
+        self.capacity = engine.capacity()
+        self.stats = engine.stats()
 
     def start(self) -> None:
         self._thread.start()
@@ -86,19 +88,6 @@ class EngineLoop:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def _snapshot(self) -> EngineLoad:
-        cap = self._engine.capacity()
-        stats = self._engine.stats()
-        return EngineLoad(
-            num_free_seqs=cap.num_free_seqs,
-            num_free_pages=cap.num_free_pages,
-            page_size=cap.page_size,
-            num_running=stats.num_running,
-            num_waiting=stats.num_waiting,
-            num_total_pages=stats.num_total_pages,
-            num_preemptions=stats.num_preemptions,
-        )
-
     def _next_commands(self) -> list[AddCommand | AbortCommand | None]:
         commands: list[AddCommand | AbortCommand | None] = []
         if not self._engine.has_unfinished():
@@ -112,7 +101,9 @@ class EngineLoop:
             except queue.Empty:
                 return commands
 
-    def _apply(self, command: AddCommand | AbortCommand, report: EngineReport) -> None:
+    def _apply(
+        self, command: AddCommand | AbortCommand, admitted: list[str], rejected: list[tuple[str, str]]
+    ) -> None:
         if isinstance(command, AbortCommand):
             with contextlib.suppress(KeyError, ValueError):  # already finished: nothing to abort
                 self._engine.abort(command.req_id)
@@ -128,25 +119,26 @@ class EngineLoop:
                 output_token_ids=command.output_token_ids,
             )
         except Exception as exc:  # noqa: BLE001 - a request the engine cannot take fails alone
-            report.rejected.append((req.req_id, str(exc) if isinstance(exc, ValueError) else repr(exc)))
+            rejected.append((req.req_id, str(exc) if isinstance(exc, ValueError) else repr(exc)))
         else:
-            report.admitted.append(req.req_id)
+            admitted.append(req.req_id)
 
     def _run(self) -> None:
         try:
             while True:
                 commands = self._next_commands()
-                report = EngineReport()
+                admitted: list[str] = []
+                rejected: list[tuple[str, str]] = []
                 for command in commands:
                     if command is None:
                         return
-                    self._apply(command, report)
+                    self._apply(command, admitted, rejected)
                 outputs = self._engine.step() if self._engine.has_unfinished() else []
                 if not (commands or outputs):
                     continue
-                self.load = self._snapshot()
-                stats = self._engine.stats() if outputs else None
-                self._on_report(EngineReport(report.admitted, report.rejected, outputs, self.load, stats))
+                self.capacity, self.stats = self._engine.capacity(), self._engine.stats()
+                self._on_report(EngineReport(self.capacity, self.stats, admitted, rejected, outputs))
         except Exception as exc:
             log.exception("engine step failed")
-            self._on_report(EngineReport(load=self.load, fatal=f"{type(exc).__name__}: {exc}"))
+            fatal = f"{type(exc).__name__}: {exc}"
+            self._on_report(EngineReport(self.capacity, self.stats, fatal=fatal))

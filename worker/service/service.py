@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -29,7 +28,7 @@ from shared.messages import (
 from shared.retry import FOREVER, REDIS_ERRORS, RetryPolicy
 from worker.service import intake
 from worker.service.control import read_cancels
-from worker.service.engine_loop import AbortCommand, AddCommand, EngineLoop, EngineReport
+from worker.service.engine_loop import AbortCommand, AddCommand, EngineLoop, EngineReport, ServedEngine
 from worker.service.metrics import WorkerMetrics
 from worker.service.prepare import PreparedRequest, RequestError, parse_request, prepare_request, req_id_of
 from worker.service.replies import ReplyBatch
@@ -52,7 +51,7 @@ class WorkerService:
         settings: WorkerSettings,
         redis: Redis,
         model_name: str,
-        engine: Any,
+        engine: ServedEngine,
         tokenizer: Tokenizer,
         max_model_len: int,
         vocab_size: int,
@@ -141,11 +140,11 @@ class WorkerService:
     # --- intake -------------------------------------------------------------------------------------
 
     def _num_admissible(self) -> int:
-        load = self._engine_loop.load
-        if load.num_waiting > 0:
+        capacity, stats = self._engine_loop.capacity, self._engine_loop.stats
+        if stats.num_waiting > 0:
             return 0  # the engine already has a queue: leave new work to other workers
         # Each request needs at least one page; the engine queues those that do not fit at once.
-        free = min(load.num_free_seqs, load.num_free_pages) - self._num_submitted
+        free = min(capacity.num_free_seqs, capacity.num_free_pages) - self._num_submitted
         return max(0, min(free, self.settings.max_intake_batch))
 
     def _num_preempting(self) -> tuple[int, tuple[TrafficClass, ...]]:
@@ -295,7 +294,7 @@ class WorkerService:
                     self._tracker.hand_back()
                     self.stop(force=True)
                     continue
-                if self._metrics is not None and report.stats is not None:
+                if self._metrics is not None and report.outputs:
                     self._metrics.observe_step(report.stats)
                 for req_id in self._tracker.apply(report, batch):
                     self._engine_loop.submit(AbortCommand(req_id))
@@ -312,7 +311,7 @@ class WorkerService:
     # --- heartbeat and shutdown ---------------------------------------------------------------------
 
     async def _heartbeat_once(self) -> None:
-        load = self._engine_loop.load
+        load = self._engine_loop.stats
         beat = WorkerHeartbeat(
             worker_id=self.worker_id,
             model=self.model_name,

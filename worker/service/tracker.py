@@ -12,6 +12,7 @@ from typing import Any
 
 from shared.messages import ErrorInfo, ReplyEvent, ReplyKind, TokenLogprob, TopLogprob, Usage
 from shared.telemetry.tracing import get_tracer
+from worker.engine.outputs import RequestOutput, TokenLogprobs
 from worker.service.engine_loop import EngineReport
 from worker.service.prepare import PreparedRequest
 from worker.service.replies import HeldMessage, ReplyBatch
@@ -141,7 +142,7 @@ class RequestTracker:
         del self.active[req.req_id]
         req.trace.finish(None, req.num_output_tokens, error=why)
 
-    def _apply_output(self, req: ActiveRequest, out: Any, batch: ReplyBatch) -> bool:
+    def _apply_output(self, req: ActiveRequest, out: RequestOutput, batch: ReplyBatch) -> bool:
         """Add ``out``'s events; True if the request is finished here."""
         if out.finish_reason == "error":
             self._fail(req, out.error or "unknown error", batch)
@@ -187,7 +188,7 @@ class RequestTracker:
         )
         return True
 
-    def _logprobs(self, entries: list[Any]) -> list[TokenLogprob]:
+    def _logprobs(self, entries: list[TokenLogprobs]) -> list[TokenLogprob]:
         decode = self._tokenizer.decode
         return [
             TokenLogprob(

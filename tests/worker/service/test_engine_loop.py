@@ -60,7 +60,7 @@ def test_requests_run_to_completion_and_bad_ones_are_rejected(hf_model: transfor
         for out in report.outputs:
             tokens[out.req_id] = tokens.get(out.req_id, 0) + len(out.new_token_ids)
     assert tokens == {"good": 6, "resumed": 3}  # a resumed request only produces what is left
-    assert (loop.load.num_running, loop.load.num_free_pages) == (0, loop.load.num_total_pages)
+    assert (loop.stats.num_running, loop.stats.num_free_pages) == (0, loop.stats.num_total_pages)
     assert not loop.is_alive()
 
 
@@ -77,8 +77,8 @@ def test_an_abort_frees_the_pages_within_a_step(hf_model: transformers.PreTraine
     reports = collector.until_finished({"long"})
     loop.stop(timeout_s=10)
     assert reports[-1].outputs[-1].finish_reason == "abort"
-    assert reports[-1].load.num_running == 0
-    assert reports[-1].load.num_free_pages == reports[-1].load.num_total_pages
+    assert reports[-1].stats.num_running == 0
+    assert reports[-1].stats.num_free_pages == reports[-1].stats.num_total_pages
 
 
 class FailingEngine(Engine):
