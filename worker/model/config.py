@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
@@ -47,7 +47,7 @@ class ModelConfig:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
 
     @classmethod
-    def from_hf_config(cls, d: dict[str, Any]) -> ModelConfig:
+    def from_hf_config(cls, d: dict[str, Any]) -> Self:
         """Build from a config.json dict (also the transformers 5 `rope_parameters` form)."""
         architectures = d.get("architectures") or []
         architecture = next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), None)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
+from worker.model.config import ModelConfig
 from worker.planner.gpus import GIB, GpuSpec
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
@@ -29,7 +29,6 @@ _DTYPE_ALIASES = {
     "half": "float16",
     "float8": "fp8",
 }
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 LOGITS_BYTES = 4  # logits are computed and sampled in float32
 MAX_TP_SEARCH = 128  # largest TP degree suggested beyond max_tp
 
@@ -47,42 +46,9 @@ def canonical_dtype(dtype: str) -> str:
 
 
 @dataclass(frozen=True)
-class ModelShape:
-    """The sizes of a Llama-family model, read from its HF config.json."""
-
-    architecture: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    tie_word_embeddings: bool
-    attention_bias: bool
-    max_position_embeddings: int
-
-    @classmethod
-    def from_hf_config(cls, d: dict[str, Any]) -> ModelShape:
-        architecture = (d.get("architectures") or [""])[0]
-        if architecture not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(
-                f"unsupported architecture {architecture!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-            )
-        heads = int(d["num_attention_heads"])
-        return cls(
-            architecture=architecture,
-            vocab_size=int(d["vocab_size"]),
-            hidden_size=int(d["hidden_size"]),
-            intermediate_size=int(d["intermediate_size"]),
-            num_hidden_layers=int(d["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(d.get("num_key_value_heads") or heads),
-            head_dim=int(d.get("head_dim") or d["hidden_size"] // heads),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=bool(d.get("attention_bias", architecture == "Qwen2ForCausalLM")),
-            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-        )
+class ModelShape(ModelConfig):
+    """A model's configuration as the engine reads it (one parser, one list of architectures), with
+    what the planner adds."""
 
     def num_params(self) -> int:
         return weight_elements_per_rank(self, 1)
