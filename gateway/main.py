@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from gateway.admission import Admission
 from gateway.api.openapi import install_openapi
 from gateway.api.routes import batches, chat, completions, files, health, metrics, models, ui
 from gateway.batch.service import open_batch_service
@@ -23,6 +22,7 @@ from gateway.core.state import GatewayState
 from gateway.ratelimit.admission import RateLimitAdmission
 from gateway.ratelimit.headers import RateLimitHeadersMiddleware
 from gateway.ratelimit.queue_cap import QueueCap, QueueCapSettings
+from gateway.traffic import Admission
 from gateway.transport.workers import WorkerRegistry
 from shared.retry import connect
 from shared.telemetry.tracing import setup_tracing

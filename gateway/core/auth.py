@@ -9,7 +9,7 @@ The keys file (YAML or JSON) stores only sha256 hashes of keys, never the keys::
         limits: {rpm: 600, tpm: 200000, max_concurrency: 64}
 
 A presented key is hashed and compared with every stored hash by ``hmac.compare_digest``, so the
-time taken does not depend on how much of a hash matches. ``python -m gateway.keys new`` makes a key.
+time taken does not depend on how much of a hash matches. ``python -m gateway.keygen new`` makes a key.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from gateway.admission import Admission
 from gateway.core.auth import KeyStore
 from gateway.core.config import GatewaySettings
+from gateway.traffic import Admission
 from gateway.transport.workers import WorkerRegistry
 
 

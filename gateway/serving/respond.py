@@ -8,11 +8,11 @@ import anyio
 from fastapi import Request, Response
 from pydantic_core import to_json
 
-from gateway.admission import Lease
 from gateway.serving.collect import collect
 from gateway.serving.formats import ResponseFormat
 from gateway.serving.sse import EventStreamResponse, stream_events
 from gateway.telemetry.request import CLIENT_CLOSED
+from gateway.traffic import Lease
 from gateway.transport.generation import Generation
 from shared.messages import ReplyEvent, Usage
 from shared.retry import REDIS_ERRORS

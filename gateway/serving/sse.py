@@ -14,9 +14,9 @@ from pydantic_core import to_json
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.admission import Lease
 from gateway.core.errors import OpenAIError, redis_unavailable
 from gateway.serving.formats import ResponseFormat
+from gateway.traffic import Lease
 from gateway.transport.generation import Generation, error_of
 from shared.messages import ReplyKind, Usage
 from shared.retry import REDIS_ERRORS

@@ -9,11 +9,11 @@ import uuid
 import anyio
 from fastapi import Request
 
-from gateway.admission import TRAFFIC_CLASS_HEADER, Lease, traffic_class
 from gateway.core.auth import Principal
 from gateway.core.errors import OpenAIError, shorten
 from gateway.core.state import GatewayState
 from gateway.telemetry.request import CLIENT_CLOSED
+from gateway.traffic import TRAFFIC_CLASS_HEADER, Lease, traffic_class
 from gateway.transport.generation import Generation, no_live_worker
 from shared.messages import ChatMessage, GenerateRequest, ReplyEvent, SamplingOptions
 from shared.retry import REDIS_ERRORS

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway.core.auth import KeyClass, KeyEntry, KeyStore, Limits, build_key_store, hash_key, load_keys_file
-from gateway.keys import main as keys_main
+from gateway.keygen import main as keys_main
 from gateway.main import create_app
 from tests.gateway.conftest import make_settings, running
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.admission import TRAFFIC_CLASS_HEADER, traffic_class
 from gateway.core.auth import KeyClass, Limits, Principal, hash_key
 from gateway.core.errors import OpenAIError
 from gateway.main import create_app
+from gateway.traffic import TRAFFIC_CLASS_HEADER, traffic_class
 from shared.messages import TrafficClass
 from tests.gateway.conftest import make_settings
 from tests.gateway.fake_worker import FakeWorker

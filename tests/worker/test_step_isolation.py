@@ -11,15 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.worker.test_engine import drain
 from tests.worker.tiny_llama import (
-    assert_page_accounting,
     make_engine,
     make_hf_model,
     one_torch_thread,
     reference_greedy,
 )
 from worker.engine import runner
-from worker.engine.engine import MAX_FAILED_STEPS, Engine, EngineBroken, RequestOutput
+from worker.engine.engine import MAX_FAILED_STEPS, EngineBroken, RequestOutput
 from worker.engine.sampling_params import SamplingParams
 
 POISON_MIN_P = 0.123
@@ -49,15 +49,6 @@ def poisoned_sampler(after_num_outputs: int = 0):  # type: ignore[no-untyped-def
         return out
 
     return sample
-
-
-def drain(engine: Engine) -> dict[str, list[RequestOutput]]:
-    outputs: dict[str, list[RequestOutput]] = {}
-    while engine.has_unfinished():
-        for out in engine.step():
-            outputs.setdefault(out.req_id, []).append(out)
-        assert_page_accounting(engine)
-    return outputs
 
 
 def tokens(outs: list[RequestOutput]) -> list[int]:

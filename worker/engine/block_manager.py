@@ -32,10 +32,6 @@ class BlockManager:
     def num_free_pages(self) -> int:
         return len(self._free)
 
-    @property
-    def num_used_pages(self) -> int:
-        return self.num_total_pages - len(self._free)
-
     def num_pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
 

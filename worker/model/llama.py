@@ -43,14 +43,14 @@ class LlamaAttention(nn.Module):
                                         False, parallel)
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_metadata: PagedAttention, kv_layer: KVCacheLayer) -> torch.Tensor:
+                attention: PagedAttention, kv_layer: KVCacheLayer) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)
         q = apply_rope(q.view(num_tokens, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        out = attn_metadata.forward(q, k, v, kv_layer[0], kv_layer[1])  # [num_tokens, num_heads, head_dim]
+        out = attention.forward(q, k, v, kv_layer[0], kv_layer[1])  # [num_tokens, num_heads, head_dim]
         return self.o_proj(out.reshape(num_tokens, q_size))
 
 
@@ -75,10 +75,10 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor,
-                sin: torch.Tensor, attn_metadata: PagedAttention, kv_layer: KVCacheLayer
+                sin: torch.Tensor, attention: PagedAttention, kv_layer: KVCacheLayer
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(hidden, cos, sin, attn_metadata, kv_layer)
+        hidden = self.self_attn(hidden, cos, sin, attention, kv_layer)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -114,14 +114,14 @@ class LlamaForCausalLM(nn.Module):
         return self.attention_shape[1]
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: PagedAttention,
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: PagedAttention,
                 kv_cache: Sequence[KVCacheLayer]) -> torch.Tensor:
         """input_ids, positions: [num_tokens] int64 -> hidden [num_tokens, hidden_size]."""
         hidden = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb.cos_sin(positions, hidden.dtype)
         residual: torch.Tensor | None = None
         for i, layer in enumerate(self.model.layers):
-            hidden, residual = layer(hidden, residual, cos, sin, attn_metadata, kv_cache[i])
+            hidden, residual = layer(hidden, residual, cos, sin, attention, kv_cache[i])
         hidden, _ = self.model.norm(hidden, residual)
         return hidden
 

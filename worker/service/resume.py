@@ -20,7 +20,6 @@ class ResumeState:
     next_seq: int = 0
     output_token_ids: list[int] = field(default_factory=list)
     is_finished: bool = False  # a DONE or ERROR is already there: only the ack was missing
-    was_accepted: bool = False
     poisoned: str | None = None  # why the request failed a step on its own, if it did: never run it again
 
 
@@ -32,7 +31,7 @@ async def read_resume_state(redis: Redis, req_id: str) -> ResumeState:
     entries, poisoned = await pipe.execute()
     next_seq = 0
     output_token_ids: list[int] = []
-    is_finished = was_accepted = False
+    is_finished = False
     for entry_id, fields in entries:
         try:
             event = decode(ReplyEvent, fields)
@@ -42,8 +41,6 @@ async def read_resume_state(redis: Redis, req_id: str) -> ResumeState:
         next_seq = max(next_seq, event.seq + 1)
         if event.kind is ReplyKind.DELTA:
             output_token_ids.extend(event.token_ids)
-        elif event.kind is ReplyKind.ACCEPTED:
-            was_accepted = True
-        else:
+        elif event.kind is not ReplyKind.ACCEPTED:
             is_finished = True
-    return ResumeState(next_seq, output_token_ids, is_finished, was_accepted, poisoned)
+    return ResumeState(next_seq, output_token_ids, is_finished, poisoned)

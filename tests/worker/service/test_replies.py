@@ -67,12 +67,7 @@ async def test_resume_state_continues_after_the_last_event(redis: Redis) -> None
     await batch.write(redis)
 
     state = await read_resume_state(redis, "r")
-    assert (state.next_seq, state.output_token_ids, state.is_finished, state.was_accepted) == (
-        3,
-        [10, 11, 12],
-        False,
-        True,
-    )
+    assert (state.next_seq, state.output_token_ids, state.is_finished) == (3, [10, 11, 12], False)
 
 
 async def test_resume_state_of_a_finished_or_unknown_request(redis: Redis) -> None:

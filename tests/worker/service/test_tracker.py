@@ -87,7 +87,7 @@ def test_a_resumed_request_continues_seq_and_text_without_repeating(tokenizer: T
     ids = tokenizer.encode(" there was a cat")
     tracker = RequestTracker("w2", tokenizer)
     tracker.start(
-        prepared(tokenizer), MESSAGE, ResumeState(next_seq=3, output_token_ids=ids[:2], was_accepted=True)
+        prepared(tokenizer), MESSAGE, ResumeState(next_seq=3, output_token_ids=ids[:2])
     )
     batch = ReplyBatch()
     tracker.apply(EngineReport(admitted=["r"], outputs=[output("r", ids[2:], "length")]), batch)

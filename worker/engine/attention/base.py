@@ -11,7 +11,7 @@ from worker.engine.attention.metadata import AttentionMetadata
 
 class BaseAttentionBackend(Protocol):
     def plan(self, metadata: AttentionMetadata) -> None:
-        """Prepare for a step's batch; the object then serves as the model's attn_metadata."""
+        """Prepare for a step's batch; the backend is then the attention every layer of the model calls."""
         ...
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,

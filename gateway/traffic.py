@@ -40,15 +40,3 @@ class Lease(Protocol):
 
 class Admission(Protocol):
     async def admit(self, principal: Principal, request: GenerateRequest) -> Lease: ...
-
-
-class _NoLease:
-    async def release(self, usage: Usage | None) -> None:
-        return None
-
-
-class OpenAdmission:
-    """Admits every request: the gateway without rate limits."""
-
-    async def admit(self, principal: Principal, request: GenerateRequest) -> Lease:
-        return _NoLease()

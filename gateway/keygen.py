@@ -1,4 +1,4 @@
-"""Make API keys: ``python -m gateway.keys new --tenant dev [--class internal] [--rpm 600]``.
+"""Make API keys: ``python -m gateway.keygen new --tenant dev [--class internal] [--rpm 600]``.
 
 Prints the new key (shown once; store it with the client) and the entry to add to the keys file,
 which holds only the key's sha256.
@@ -37,7 +37,7 @@ def _entry_yaml(entry: KeyEntry) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.keys", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gateway.keygen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     new = sub.add_parser("new", help="generate a key and print its keys-file entry")
     new.add_argument("--tenant", required=True)
