@@ -60,5 +60,7 @@ def test_no_source_file_passes_the_line_limit() -> None:
 
 def test_the_checker_sees_nested_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("import os\n\ndef f():\n    from worker.engine import engine\n    import gateway.main\n")
+    module.write_text(
+        "import os\n\ndef f():\n    from worker.engine import engine\n    import gateway.main\n"
+    )
     assert imported_packages(module) == {"os", "worker", "gateway"}

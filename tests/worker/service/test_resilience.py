@@ -8,13 +8,23 @@ worker reclaimed stops writing for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.messages import DATA_FIELD, GenerateRequest, ReplyEvent, ReplyKind, SamplingOptions, TrafficClass
+from shared.messages import (
+    DATA_FIELD,
+    GenerateRequest,
+    MessageError,
+    ReplyEvent,
+    ReplyKind,
+    SamplingOptions,
+    TrafficClass,
+    decode,
+)
 from tests.worker.service.test_service import make_service, pending
 from worker.engine import runner
 from worker.tokenizer import Tokenizer
@@ -36,8 +46,12 @@ async def put(redis: Redis, req_id: str, **sampling: object) -> str:
 
 
 async def events(redis: Redis, req_id: str) -> list[ReplyEvent]:
-    entries = await redis.xrange(keys.reply_stream(req_id))
-    return [ReplyEvent.model_validate_json(fields[DATA_FIELD]) for _, fields in entries]
+    """The readable events of the reply stream (a test may have planted unreadable ones)."""
+    found = []
+    for _, fields in await redis.xrange(keys.reply_stream(req_id)):
+        with contextlib.suppress(MessageError):
+            found.append(decode(ReplyEvent, fields))
+    return found
 
 
 async def wait_final(redis: Redis, req_id: str, timeout_s: float = 30.0) -> ReplyEvent:
@@ -150,3 +164,49 @@ async def test_a_worker_stops_writing_for_a_request_another_worker_reclaimed(
     service.stop(force=True)
     await asyncio.wait_for(run, 30)
     assert service.failed is None
+
+
+POISON_REQUESTS = [
+    ("not json", None),
+    ('{"req_id": "p-version", "model": "tiny", "v": 2}', "p-version"),
+    ('{"req_id": "p-fields", "model": "tiny", "sampling": "fast"}', "p-fields"),
+    ('{"req_id": "p-missing"}', "p-missing"),
+]
+
+
+async def test_poison_messages_on_the_request_control_and_reply_streams_are_handled_not_fatal(
+    redis: Redis, redis_url: str, hf_model, tokenizer: Tokenizer
+) -> None:
+    """Request stream: an error reply when the req_id is readable, acked either way. Control stream:
+    skipped. A reclaimed request's reply stream: unreadable entries skipped when resuming."""
+    await redis.xgroup_create(STREAM, keys.WORKER_GROUP, id="0", mkstream=True)
+    # A request a dead worker started: its reply stream holds an unreadable entry among good ones.
+    await put(redis, "resumed", max_tokens=4)
+    await redis.xreadgroup(keys.WORKER_GROUP, "dead-worker", {STREAM: ">"})
+    reply = keys.reply_stream("resumed")
+    await redis.xadd(reply, {DATA_FIELD: '{"seq": 0, "kind": "accepted", "worker_id": "dead-worker"}'})
+    await redis.xadd(reply, {DATA_FIELD: "garbage"})
+    for data, _ in POISON_REQUESTS:
+        await redis.xadd(STREAM, {DATA_FIELD: data})
+    await redis.xadd(STREAM, {"no-data-field": "x"})
+    await asyncio.sleep(0.8)
+    service = make_service(redis, redis_url, hf_model, tokenizer, grace_period_s=0.0, reclaim_ms=700)
+    run = asyncio.create_task(service.run())
+    for _, req_id in POISON_REQUESTS:
+        if req_id is not None:
+            final = await wait_final(redis, req_id)
+            assert final.kind is ReplyKind.ERROR and final.error is not None and final.error.status == 400
+            assert "malformed request message" in final.error.message
+    resumed = await wait_final(redis, "resumed")
+    assert resumed.kind is ReplyKind.DONE and resumed.usage is not None
+    assert resumed.usage.completion_tokens == 4
+    control = keys.control_stream("w-test")
+    for junk in ("not json", '{"v": 3, "req_id": "x"}', "{}"):
+        await redis.xadd(control, {DATA_FIELD: junk})
+    await redis.xadd(control, {"other": "field"})
+    await put(redis, "after", max_tokens=3)
+    assert (await wait_final(redis, "after")).kind is ReplyKind.DONE
+    assert service.failed is None and not run.done()
+    service.stop(force=True)
+    await asyncio.wait_for(run, 30)
+    assert await pending(redis, STREAM) == 0  # every poison message was acked
