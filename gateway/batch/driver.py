@@ -15,7 +15,6 @@ import time
 from redis.asyncio import Redis
 
 from gateway.batch.config import BatchSettings
-from gateway.batch.executor import LineExecutor
 from gateway.batch.files import FileStore
 from gateway.batch.lines import (
     BatchLine,
@@ -28,6 +27,7 @@ from gateway.batch.lines import (
 )
 from gateway.batch.models import Batch, BatchStatus
 from gateway.batch.reply import Submitted, await_line
+from gateway.batch.serving import ServingExecutor
 from gateway.batch.store import BatchStore, errors_of
 from gateway.core.errors import OpenAIError
 from gateway.telemetry.request import CLIENT_CLOSED
@@ -43,7 +43,7 @@ class BatchDriver:
         redis: Redis,
         store: BatchStore,
         files: FileStore,
-        executor: LineExecutor,
+        executor: ServingExecutor,
         settings: BatchSettings,
         batch_id: str,
         tenant: str,

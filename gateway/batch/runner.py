@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 
 from gateway.batch.config import BatchSettings
 from gateway.batch.driver import BatchDriver
-from gateway.batch.executor import LineExecutor
 from gateway.batch.files import FileStore
+from gateway.batch.serving import ServingExecutor
 from gateway.batch.store import BatchStore
 from shared.retry import TRANSIENT_ERRORS
 
@@ -30,7 +30,7 @@ class BatchRunner:
         redis: Redis,
         store: BatchStore,
         files: FileStore,
-        executor: LineExecutor,
+        executor: ServingExecutor,
         settings: BatchSettings,
     ) -> None:
         self._redis = redis

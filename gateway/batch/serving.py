@@ -1,5 +1,6 @@
-"""``LineExecutor`` on the gateway's own serving code: a batch line is validated, defaulted, carried
-and answered exactly as the same body posted to ``/v1/chat/completions`` or ``/v1/completions`` would be."""
+"""What a batch line needs from the serving path, done by the gateway's own serving code: a line is
+validated, defaulted, carried and answered exactly as the same body posted to ``/v1/chat/completions``
+or ``/v1/completions`` would be."""
 
 from __future__ import annotations
 
@@ -24,10 +25,13 @@ CHAT = "/v1/chat/completions"
 
 
 class ServingExecutor:
+    """Builds a line's request, the Generation that carries it, and its answer."""
+
     def __init__(self, state: GatewayState) -> None:
         self._state = state
 
     async def build(self, endpoint: str, body: dict[str, Any], req_id: str, tenant: str) -> GenerateRequest:
+        """The batch-class request for a line; ``OpenAIError`` (e.g. 400, 404) if it cannot run."""
         try:
             parsed: ChatCompletionRequest | CompletionRequest = (
                 ChatCompletionRequest.model_validate(body)
@@ -58,6 +62,7 @@ class ServingExecutor:
     def respond(
         self, endpoint: str, request: GenerateRequest, events: list[ReplyEvent]
     ) -> tuple[int, dict[str, Any]]:
+        """HTTP status and body of the finished request (``events`` end with DONE or ERROR)."""
         last = events[-1]
         if last.kind is ReplyKind.ERROR:
             err = error_of(last)
