@@ -10,12 +10,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="busstop")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    from busstop import stack
+    from busstop import stack, status
     from worker.planner import cli as plan_cli
 
-    up = commands.add_parser("up", help="start Redis, a worker and the gateway on this machine")
+    up = commands.add_parser("up", help="start Redis, workers and the gateway on this machine")
     stack.add_arguments(up)
     up.set_defaults(run=stack.run)
+
+    status_parser = commands.add_parser("status", help="the pool: workers and their load, queues, batch jobs")
+    status.add_arguments(status_parser)
+    status_parser.set_defaults(run=status.run)
 
     plan = commands.add_parser("plan", help="does a model fit a GPU: weights, KV cache, TP degree")
     plan_cli.add_arguments(plan)

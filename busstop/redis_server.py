@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from busstop.children import die_with_parent
+
 
 def find_redis_server() -> str:
     """Path of a redis-server binary, or a ``RuntimeError`` saying how to get one."""
@@ -66,7 +68,11 @@ class RedisServer:
         ]
         # Own session: a Ctrl-C meant for `busstop up` must not kill Redis before the worker has finished.
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl runs between fork and exec
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

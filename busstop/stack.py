@@ -1,18 +1,22 @@
-"""The whole stack on one machine: redis-server, one worker on the default model, the gateway.
+"""The whole stack on one machine: redis-server, N workers on one model, the gateway.
 
 Children run in their own sessions, so a Ctrl-C in the terminal reaches only ``busstop up``, which
-then stops them in order: the gateway (no new requests), the worker (finishes what it runs), Redis.
-The end-to-end tests start the same stack through ``LocalStack``.
+then stops them in order: the gateway (no new requests), the workers (finish what they run), Redis;
+a SIGKILL of ``busstop up`` takes them down too (``children.py``). Without ``BUSSTOP_KEYS_FILE`` the
+stack makes a keys file with two development keys, one of each class, so every traffic class can be
+tried at once. The end-to-end tests start the same stack through ``LocalStack``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +25,10 @@ from typing import IO
 
 import httpx
 
+from busstop.banner import banner, describe_keys
+from busstop.children import die_with_parent
 from busstop.redis_server import RedisServer, free_port
+from gateway.core.auth import KeyClass, KeyEntry, KeysFile, hash_key
 
 DEFAULT_MODEL = "smollm2"
 
@@ -47,9 +54,18 @@ class LocalStack:
             raise ValueError("num_workers must be >= 1")
         self.host = host
         self.port = port or free_port(host)
-        self.api_key = api_key or os.environ.get("BUSSTOP_DEV_API_KEY") or f"sk-dev-{secrets.token_hex(16)}"
         self.redis = RedisServer(port=redis_port)
         self._env = dict(env or {})
+        # A keys file given by the user is served as it is; otherwise two dev keys, public and internal.
+        self.keys_file: str | None = self._env.get("BUSSTOP_KEYS_FILE") or os.environ.get("BUSSTOP_KEYS_FILE")
+        self.api_key = api_key or os.environ.get("BUSSTOP_DEV_API_KEY") or f"sk-dev-{secrets.token_hex(16)}"
+        self.internal_key = os.environ.get("BUSSTOP_DEV_INTERNAL_KEY") or f"sk-dev-in-{secrets.token_hex(14)}"
+        self._dev_keys_dir: tempfile.TemporaryDirectory[str] | None = None
+        if self.keys_file is None:
+            self._dev_keys_dir = tempfile.TemporaryDirectory(prefix="busstop-keys-")
+            self.keys_file = write_dev_keys(Path(self._dev_keys_dir.name), self.api_key, self.internal_key)
+        else:
+            self.api_key = self.internal_key = ""  # only the keys file's keys are served
         self._log_dir = log_dir
         self._num_workers = num_workers
         self.gateway: subprocess.Popen[bytes] | None = None
@@ -64,7 +80,8 @@ class LocalStack:
         env = {**os.environ, **self._env, **(extra or {})}
         env["BUSSTOP_REDIS_URL"] = self.redis.url
         env.setdefault("BUSSTOP_MODELS", DEFAULT_MODEL)
-        env["BUSSTOP_DEV_API_KEY"] = self.api_key
+        env["BUSSTOP_KEYS_FILE"] = str(self.keys_file)
+        env.pop("BUSSTOP_DEV_API_KEY", None)
         return env
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -74,7 +91,12 @@ class LocalStack:
             out = open(self._log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
             self._logs.append(out)
         return subprocess.Popen(
-            args, env=env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
+            args,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl runs between fork and exec
         )
 
     def start_worker(self, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -139,6 +161,9 @@ class LocalStack:
         for log in self._logs:
             log.close()
         self._logs.clear()
+        if self._dev_keys_dir is not None:
+            self._dev_keys_dir.cleanup()
+            self._dev_keys_dir = None
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -147,6 +172,17 @@ class LocalStack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def write_dev_keys(directory: Path, public_key: str, internal_key: str) -> str:
+    """A keys file with one public (interactive) and one internal (batch, priority) development key."""
+    entries = [
+        KeyEntry(sha256=hash_key(public_key), tenant="dev", traffic_class=KeyClass.PUBLIC),
+        KeyEntry(sha256=hash_key(internal_key), tenant="dev-internal", traffic_class=KeyClass.INTERNAL),
+    ]
+    path = directory / "dev-keys.json"
+    path.write_text(KeysFile(keys=entries).model_dump_json(indent=2))
+    return str(path)
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -163,13 +199,57 @@ def _wait_or_kill(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         proc.wait()
 
 
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=8000, help="the gateway's port (default 8000)")
+    """``busstop up``'s options; each defaults to its ``BUSSTOP_*`` variable, then to the built-in value."""
+    env = os.environ.get
+    kv_bytes = _env_int("BUSSTOP_MODEL_KV_CACHE_BYTES", 256 * 1024 * 1024)
+    parser.add_argument("--port", type=int, default=_env_int("BUSSTOP_PORT", 8000),
+                        help="the gateway's port (BUSSTOP_PORT; default %(default)s)")
     parser.add_argument("--redis-port", type=int, default=None, help="Redis port (default: a free one)")
-    parser.add_argument("--host", default="127.0.0.1", help="the gateway's address (default 127.0.0.1)")
-    parser.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for the stack to be ready"
+    parser.add_argument("--host", default=env("BUSSTOP_HOST", "127.0.0.1"),
+                        help="the gateway's address (BUSSTOP_HOST; default %(default)s)")
+    parser.add_argument("--workers", type=int, default=_env_int("BUSSTOP_WORKERS", 1),
+                        help="worker processes on the same streams (BUSSTOP_WORKERS; default %(default)s)")
+    parser.add_argument("--model", default=env("BUSSTOP_MODEL_PATH", "default"),
+                        help="a .gguf file or a Hugging Face checkpoint directory (BUSSTOP_MODEL_PATH; "
+                             "default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--dtype", default=env("BUSSTOP_MODEL_DTYPE", "auto"),
+                        choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weights and KV cache dtype (BUSSTOP_MODEL_DTYPE; default %(default)s)")
+    parser.add_argument("--kv-cache", type=float, default=kv_bytes / 2**30, metavar="GIB",
+                        help="KV cache per worker, GiB (BUSSTOP_MODEL_KV_CACHE_BYTES; default %(default)g)")
+    parser.add_argument("--tensor-parallel-size", type=int,
+                        default=_env_int("BUSSTOP_WORKER_TENSOR_PARALLEL_SIZE", 1),
+                        help="ranks per worker (BUSSTOP_WORKER_TENSOR_PARALLEL_SIZE; default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds to wait for the stack to be ready (default %(default)g)")  # fmt: skip
+
+
+def worker_env(args: argparse.Namespace) -> dict[str, str]:
+    """The workers' settings from ``busstop up``'s options; a bad one is a ``ValueError`` (one line)."""
+    if args.workers < 1 or args.tensor_parallel_size < 1 or args.kv_cache <= 0:
+        raise ValueError("--workers and --tensor-parallel-size must be >= 1, --kv-cache > 0")
+    if args.model != "default":
+        path = Path(args.model)
+        if not (path.is_file() and path.suffix == ".gguf") and not (path / "config.json").is_file():
+            raise ValueError(f"--model {args.model}: neither a .gguf file nor a directory with config.json")
+    name = os.environ.get("BUSSTOP_MODEL_NAME") or (
+        DEFAULT_MODEL if args.model == "default" else Path(args.model).name.removesuffix(".gguf")
     )
+    return {
+        "BUSSTOP_LOG_FORMAT": "text",
+        "BUSSTOP_MODEL_PATH": args.model,
+        "BUSSTOP_MODEL_NAME": name,
+        "BUSSTOP_MODELS": name,
+        "BUSSTOP_MODEL_DTYPE": args.dtype,
+        "BUSSTOP_MODEL_KV_CACHE_BYTES": str(int(args.kv_cache * 2**30)),
+        "BUSSTOP_WORKER_TENSOR_PARALLEL_SIZE": str(args.tensor_parallel_size),
+    }
+STATE_FILE = Path.home() / ".cache" / "busstop" / "up.json"  # where `busstop status` finds the stack
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,28 +260,28 @@ def run(args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
 
+    env = worker_env(args)  # ValueError: one line, nothing started
     stack = LocalStack(
-        port=args.port, redis_port=args.redis_port, host=args.host, env={"BUSSTOP_LOG_FORMAT": "text"}
+        port=args.port, redis_port=args.redis_port, host=args.host, env=env, num_workers=args.workers
     )
-    print("busstop: starting redis-server, a worker (loading the model) and the gateway ...", flush=True)
+    if not stack.api_key:
+        describe_keys(str(stack.keys_file))  # a bad keys file is one line, before anything starts
+    print(f"busstop: starting redis-server, {args.workers} worker(s) (loading {env['BUSSTOP_MODEL_NAME']}) "
+          "and the gateway ...", flush=True)  # fmt: skip
     try:
         stack.start(timeout_s=args.timeout)
     except KeyboardInterrupt:
+        stack.stop()
         return 130
     except RuntimeError as exc:  # StackError, or redis-server that would not start
         print(f"busstop up: {exc}", file=sys.stderr)
         return 1
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    print(
-        f"\nbusstop is up\n"
-        f"  URL:     {stack.url}  (OpenAI base URL: {stack.url}/v1)\n"
-        f"  API key: {stack.api_key}\n"
-        f"  model:   {DEFAULT_MODEL}\n"
-        f"  Redis:   {stack.redis.url}\n"
-        f"Ctrl-C stops all three.\n",
-        flush=True,
-    )
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    STATE_FILE.write_text(json.dumps({"redis_url": stack.redis.url, "url": stack.url, "pid": os.getpid()}))
+    print(banner(stack.url, stack.redis.url, env["BUSSTOP_MODEL_NAME"], args.workers, stack.api_key,
+                 stack.internal_key, str(stack.keys_file)), flush=True)  # fmt: skip
     status = 0
     try:
         while not stopping:
@@ -214,4 +294,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         print("busstop: stopping ...", flush=True)
         stack.stop()
+        STATE_FILE.unlink(missing_ok=True)
     return status

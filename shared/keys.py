@@ -14,6 +14,14 @@ def request_stream(model: str, traffic_class: TrafficClass | str) -> str:
     return f"{PREFIX}:requests:{model}:{TrafficClass(traffic_class).value}"
 
 
+REQUEST_STREAMS_PATTERN = f"{PREFIX}:requests:*"
+
+
+def model_of_request_stream(name: str) -> str:
+    """The model of a ``request_stream`` name (model names may hold colons; classes do not)."""
+    return name.removeprefix(f"{PREFIX}:requests:").rsplit(":", 1)[0]
+
+
 # Reply streams: one per request, written by the worker that holds it, read by the gateway.
 # Kept REPLY_TTL_S from creation (refreshed by every write) so abandoned ones disappear, and
 # shortened to REPLY_DONE_TTL_S once the final event is written.

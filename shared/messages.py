@@ -167,6 +167,8 @@ class WorkerHeartbeat(_Message):
     # The longest token's UTF-8 length: a prompt of B bytes has at least B / max_token_bytes tokens,
     # which lets the gateway refuse a prompt far over the window before queueing it. 0: unknown.
     max_token_bytes: int = 0
+    tensor_parallel_size: int = 1
+    tokens_per_s: float = 0.0  # output tokens per second since the previous heartbeat
     time: float = 0.0
 
 

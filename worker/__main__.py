@@ -97,6 +97,7 @@ async def serve(
         max_model_len=max_model_len,
         vocab_size=loaded.config.vocab_size,
         metrics=WorkerMetrics(loaded.name),
+        tensor_parallel_size=group.parallel.world_size if group else 1,
     )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)

@@ -1,4 +1,4 @@
-"""`busstop up`: one command starts Redis, a worker and the gateway; Ctrl-C stops all three."""
+"""`busstop up`: one command starts Redis, workers and the gateway; Ctrl-C stops them, so does a SIGKILL."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
+import redis
 
 from busstop.redis_server import free_port
-from tests.stack import E2E_ENV, READY_TIMEOUT_S
+from shared.messages import ReplyKind
+from tests.stack import E2E_ENV, READY_TIMEOUT_S, reply_events
 
 
 def is_listening(port: int) -> bool:
@@ -39,7 +43,7 @@ def test_busstop_up_serves_and_ctrl_c_stops_everything() -> None:
                 break
         banner = "".join(lines)
         assert f"http://127.0.0.1:{port}" in banner, banner
-        api_key = re.search(r"API key: (\S+)", banner).group(1)  # type: ignore[union-attr]
+        api_key = re.search(r"public key .*: +(\S+)", banner).group(1)  # type: ignore[union-attr]
         redis_port = int(re.search(r"Redis: +redis://127\.0\.0\.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
 
         headers = {"Authorization": f"Bearer {api_key}"}
@@ -60,3 +64,94 @@ def test_busstop_up_serves_and_ctrl_c_stops_everything() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def children_of(pid: int) -> set[int]:
+    """Every live descendant of ``pid``, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def status_rows(redis_url: str) -> list[list[str]]:
+    """The worker rows of ``busstop status``."""
+    out = subprocess.run(
+        [sys.executable, "-m", "busstop.cli", "status", "--redis", redis_url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    section = out.split("\n\n")[0].splitlines()
+    assert section[0] == "workers (2)" and section[1].split()[:3] == ["WORKER", "MODEL", "TP"], out
+    return [line.split() for line in section[2:]]
+
+
+def test_busstop_up_with_two_workers_serves_every_class_shows_the_pool_and_dies_whole_on_sigkill() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busstop.cli", "up", "--workers", "2", "--port", str(port),
+         "--timeout", str(READY_TIMEOUT_S)],
+        env={**os.environ, **E2E_ENV, "BUSSTOP_ENGINE_MAX_NUM_SEQS": "2"},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        banner = "".join(lines)
+        public = re.search(r"public key +\(interactive traffic\): +(\S+)", banner).group(1)  # type: ignore[union-attr]
+        internal = re.search(r"internal key +\(Batch API and priority tier\): +(\S+)", banner).group(1)  # type: ignore[union-attr]
+        redis_url = re.search(r"Redis: +(redis://\S+)", banner).group(1)  # type: ignore[union-attr]
+        assert "smollm2 on 2 workers" in banner
+        url = f"http://127.0.0.1:{port}"
+
+        def chat(key: str, headers: dict[str, str] | None = None) -> httpx.Response:
+            body = {"model": "smollm2", "messages": [{"role": "user", "content": "Write a poem."}],
+                    "max_tokens": 48, "temperature": 0, "ignore_eos": True}  # fmt: skip
+            return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=180,
+                              headers={"Authorization": f"Bearer {key}", **(headers or {})})  # fmt: skip
+
+        with ThreadPoolExecutor(6) as pool:
+            load = [pool.submit(chat, public) for _ in range(5)]
+            load.append(pool.submit(chat, internal, {"x-busstop-traffic-class": "priority"}))
+            busiest = 0
+            deadline = time.monotonic() + 60
+            while busiest == 0 and time.monotonic() < deadline:
+                rows = status_rows(redis_url)
+                assert len(rows) == 2 and {row[1] for row in rows} == {"smollm2"}
+                busiest = max(int(row[3]) for row in rows)  # RUNNING
+            assert busiest > 0
+            responses = [f.result() for f in load]
+        assert [r.status_code for r in responses] == [200] * 6
+        store = redis.Redis.from_url(redis_url, decode_responses=True)
+        served_by = {
+            e.worker_id
+            for r in responses
+            for e in reply_events(store, r.json()["id"].split("-", 1)[1])
+            if e.kind is ReplyKind.ACCEPTED
+        }
+        store.close()
+        assert len(served_by) == 2  # two slots each: both workers served
+
+        children = children_of(proc.pid)
+        assert len(children) >= 4  # redis-server, two workers, the gateway
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while (alive := {c for c in children if Path(f"/proc/{c}").exists()}) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive == set()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

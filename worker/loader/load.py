@@ -14,6 +14,7 @@ from worker.loader.default_model import default_gguf_path
 from worker.loader.errors import ModelLoadError
 from worker.loader.gguf_checkpoint import GGUFCheckpoint
 from worker.loader.hf_checkpoint import CONFIG_FILE, HFCheckpoint, read_json
+from worker.loader.progress import with_progress
 from worker.loader.settings import DEFAULT_MODEL_PATH, ModelSettings
 from worker.model.config import ModelConfig
 from worker.model.llama import LlamaForCausalLM
@@ -127,9 +128,12 @@ def load_model(settings: ModelSettings, parallel: ParallelContext = SINGLE) -> L
                 if parallel.world_size == 1
                 else rank_weights(checkpoint, settings.torch_dtype())
             )
+            what = f"loading {os.path.basename(path)}"
+            if parallel.world_size > 1:
+                what += f" (rank {parallel.rank})"
             model = build_model(
                 config,
-                weights,
+                with_progress(weights, len(checkpoint.tensor_names()), what),
                 settings.torch_device(),
                 settings.torch_dtype(),
                 parallel,

@@ -56,6 +56,7 @@ class WorkerService:
         max_model_len: int,
         vocab_size: int,
         metrics: WorkerMetrics | None = None,
+        tensor_parallel_size: int = 1,
     ) -> None:
         self.settings = settings
         self.worker_id = settings.worker_id
@@ -65,6 +66,9 @@ class WorkerService:
         self._max_model_len = max_model_len
         self._vocab_size = vocab_size
         self._max_token_bytes = tokenizer.max_token_bytes
+        self._tensor_parallel_size = tensor_parallel_size
+        self._num_output_tokens = 0  # since start, for the heartbeat's tokens/s
+        self._rate_mark = (time.monotonic(), 0)
         self._metrics = metrics
         self._tracker = RequestTracker(self.worker_id, tokenizer)
         self._reports: asyncio.Queue[EngineReport | None] = asyncio.Queue()  # None: no more reports
@@ -294,6 +298,7 @@ class WorkerService:
                     self._tracker.hand_back()
                     self.stop(force=True)
                     continue
+                self._num_output_tokens += sum(len(out.new_token_ids) for out in report.outputs)
                 if self._metrics is not None and report.outputs:
                     self._metrics.observe_step(report.stats)
                 for req_id in self._tracker.apply(report, batch):
@@ -312,6 +317,8 @@ class WorkerService:
 
     async def _heartbeat_once(self) -> None:
         load = self._engine_loop.stats
+        now, (then, num_then) = time.monotonic(), self._rate_mark
+        self._rate_mark = (now, self._num_output_tokens)
         beat = WorkerHeartbeat(
             worker_id=self.worker_id,
             model=self.model_name,
@@ -321,6 +328,8 @@ class WorkerService:
             num_free_pages=load.num_free_pages,
             num_total_pages=load.num_total_pages,
             max_token_bytes=self._max_token_bytes,
+            tensor_parallel_size=self._tensor_parallel_size,
+            tokens_per_s=round((self._num_output_tokens - num_then) / max(now - then, 1e-3), 1),
             time=time.time(),
         )
         key = keys.worker_key(self.model_name, self.worker_id)
