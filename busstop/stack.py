@@ -77,10 +77,10 @@ class LocalStack:
         return f"http://{self.host}:{self.port}"
 
     def child_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = {**os.environ, **self._env, **(extra or {})}
+        """The environment of a child; ``extra`` wins (a test's second gateway may bring its own keys)."""
+        env = {**os.environ, **self._env, "BUSSTOP_KEYS_FILE": str(self.keys_file), **(extra or {})}
         env["BUSSTOP_REDIS_URL"] = self.redis.url
         env.setdefault("BUSSTOP_MODELS", DEFAULT_MODEL)
-        env["BUSSTOP_KEYS_FILE"] = str(self.keys_file)
         env.pop("BUSSTOP_DEV_API_KEY", None)
         return env
 
