@@ -26,13 +26,18 @@ def parse_cancel(fields: dict[str, str]) -> CancelRequest | None:
 
 
 async def read_cancels(
-    redis: Redis, worker_id: str, on_cancel: Callable[[str], None], block_ms: int = 1000
+    redis: Redis,
+    worker_id: str,
+    on_cancel: Callable[[str], None],
+    is_closing: Callable[[], bool] = lambda: False,
+    block_ms: int = 1000,
 ) -> None:
-    """Call ``on_cancel(req_id)`` for each CancelRequest sent to ``worker_id`` from now on."""
+    """Call ``on_cancel(req_id)`` for each CancelRequest sent to ``worker_id`` from now on, until
+    ``is_closing()`` (checked after every read, so within ``block_ms``)."""
     stream = keys.control_stream(worker_id)
     last_id = "$"
     attempt = 0
-    while True:
+    while not is_closing():
         try:
             reply: Any = await redis.xread({stream: last_id}, count=100, block=block_ms)
             attempt = 0

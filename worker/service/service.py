@@ -41,6 +41,7 @@ from worker.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 PREEMPTING_BLOCK_MS = 200
+CLOSE_TIMEOUT_S = 5.0  # the background loops' longest read is 1 s
 
 
 class WorkerService:
@@ -82,6 +83,7 @@ class WorkerService:
         self._num_submitted = 0  # handed to the engine thread, not yet admitted or rejected
         self._capacity_changed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._closing = asyncio.Event()  # set once the background loops must end
         self._forced = asyncio.Event()
         self.failed: str | None = None
 
@@ -106,7 +108,9 @@ class WorkerService:
         self._engine_loop.start()
         replies = asyncio.create_task(self._reply_loop(), name="replies")
         background = [
-            asyncio.create_task(read_cancels(self._redis, self.worker_id, self._cancel), name="control"),
+            asyncio.create_task(
+                read_cancels(self._redis, self.worker_id, self._cancel, self._closing.is_set), name="control"
+            ),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
         for task in (replies, *background):
@@ -119,9 +123,12 @@ class WorkerService:
             await asyncio.to_thread(self._engine_loop.stop, 10.0)
             self._reports.put_nowait(None)
             await asyncio.gather(replies, return_exceptions=True)  # the last events reach Redis
+            # Stopped by a flag as well as a cancel: redis-py can swallow a cancel that lands inside a
+            # blocking read (redis/redis-py#2028); each loop sees the flag within one read.
+            self._closing.set()
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.wait(background, timeout=CLOSE_TIMEOUT_S)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._redis.delete(
                     keys.worker_key(self.model_name, self.worker_id), keys.control_stream(self.worker_id)
@@ -336,7 +343,7 @@ class WorkerService:
         await self._redis.set(key, beat.model_dump_json(), ex=self.settings.heartbeat_ttl_s)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._closing.is_set():
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
                 await self._heartbeat_once()
