@@ -25,6 +25,17 @@ def is_listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def read_banner(proc: subprocess.Popen[str]) -> str:
+    """``busstop up``'s output up to the end of its banner."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Ctrl-C"):
+            break
+    return "".join(lines)
+
+
 def test_busstop_up_serves_and_ctrl_c_stops_everything() -> None:
     port = free_port()
     proc = subprocess.Popen(
@@ -35,13 +46,7 @@ def test_busstop_up_serves_and_ctrl_c_stops_everything() -> None:
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        banner = "".join(lines)
+        banner = read_banner(proc)
         assert f"http://127.0.0.1:{port}" in banner, banner
         api_key = re.search(r"public key .*: +(\S+)", banner).group(1)  # type: ignore[union-attr]
         redis_port = int(re.search(r"Redis: +redis://127\.0\.0\.1:(\d+)", banner).group(1))  # type: ignore[union-attr]
@@ -102,13 +107,7 @@ def test_busstop_up_with_two_workers_serves_every_class_shows_the_pool_and_dies_
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        banner = "".join(lines)
+        banner = read_banner(proc)
         public = re.search(r"public key +\(interactive traffic\): +(\S+)", banner).group(1)  # type: ignore[union-attr]
         internal = re.search(r"internal key +\(Batch API and priority tier\): +(\S+)", banner).group(1)  # type: ignore[union-attr]
         redis_url = re.search(r"Redis: +(redis://\S+)", banner).group(1)  # type: ignore[union-attr]
