@@ -60,13 +60,28 @@ class SamplingOptions(BaseModel):
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # None = no logprobs; n >= 0 = the sampled token's plus top-n
+    logit_bias: dict[int, float] = Field(default_factory=dict)  # token id -> bias added to its logit
+    # Structured output: a grammar in shared/structured.py's dialect the output must match.
+    grammar: str | None = None
+
+
+class ToolCall(BaseModel):
+    """A function call an assistant message made (``arguments`` is JSON text, as OpenAI sends it)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: str
+    name: str
+    arguments: str
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    role: str
+    role: str  # system, user, assistant or tool
     content: str
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
 
 class GenerateRequest(_Message):
@@ -83,6 +98,8 @@ class GenerateRequest(_Message):
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
+    # Chat: the functions the model may call, OpenAI's tool objects ({"type": "function", ...}).
+    tools: list[dict[str, Any]] | None = None
     sampling: SamplingOptions = Field(default_factory=SamplingOptions)
     arrival_time: float = 0.0  # unix seconds, set by the gateway
     traceparent: str | None = None  # W3C trace context of the gateway's span

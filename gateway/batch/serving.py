@@ -42,11 +42,14 @@ class ServingExecutor:
             raise validation_error(exc) from None
         if parsed.stream:
             raise OpenAIError(400, "stream is not supported in a batch", param="stream")
+        if parsed.n > 1:
+            raise OpenAIError(400, "n > 1 is not supported in a batch; use one line per choice", param="n")
         window = await known_window(self._state, parsed.model)  # a batch waits for workers: no 503
         common: dict[str, Any] = {"req_id": req_id, "model": parsed.model, "tenant": tenant}
         if isinstance(parsed, ChatCompletionRequest):
             sampling = parsed.sampling(window or UNBOUNDED_MAX_TOKENS)
             common["messages"] = parsed.chat_messages()
+            common["tools"] = parsed.tool_dicts()
         else:
             sampling = parsed.sampling(self._state.settings.default_completion_max_tokens)
             common["prompt"] = parsed.prompt_text()
@@ -68,12 +71,13 @@ class ServingExecutor:
             err = error_of(last)
             return err.status, err.body()
         fmt: ResponseFormat = (
-            ChatFormat(f"chatcmpl-{request.req_id}", int(time.time()), request.model)
+            ChatFormat(f"chatcmpl-{request.req_id}", int(time.time()), request.model,
+                       parses_tool_calls=request.tools is not None)
             if endpoint == CHAT
             else CompletionFormat(f"cmpl-{request.req_id}", int(time.time()), request.model)
         )
         fold = Fold()
         for event in events:
             fold.add(event)
-        body, _ = fold.response(fmt, last)
-        return 200, body
+        choice, usage = fold.choice(last)
+        return 200, fmt.response([choice], usage)

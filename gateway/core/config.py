@@ -53,6 +53,8 @@ class GatewaySettings(BaseSettings):
     # max_tokens when a legacy completion request has none (OpenAI's default). Chat requests without
     # one run to the end of the context window, as OpenAI and vLLM do.
     default_completion_max_tokens: int = Field(default=16, ge=1)
+    # A request with n choices may ask for at most this many completion tokens in all (n x max_tokens).
+    max_request_completion_tokens: int = Field(default=65536, ge=1)
 
     @field_validator("models", mode="before")
     @classmethod

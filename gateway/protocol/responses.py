@@ -65,6 +65,7 @@ def chat_chunk(
     model: str,
     delta: Json,
     *,
+    index: int = 0,
     logprobs: Json | None = None,
     finish_reason: str | None = None,
 ) -> Json:
@@ -74,8 +75,12 @@ def chat_chunk(
         "created": created,
         "model": model,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
+
+
+def completion_choice(index: int, text: str, logprobs: Json | None, finish_reason: str | None) -> Json:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 def completion_chunk(
@@ -84,6 +89,7 @@ def completion_chunk(
     model: str,
     text: str,
     *,
+    index: int = 0,
     logprobs: Json | None = None,
     finish_reason: str | None = None,
 ) -> Json:
@@ -93,7 +99,7 @@ def completion_chunk(
         "created": created,
         "model": model,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
+        "choices": [completion_choice(index, text, logprobs, finish_reason)],
     }
 
 
@@ -110,48 +116,35 @@ def usage_chunk(id: str, created: int, model: str, object: str, usage: Usage) ->
     }
 
 
-def chat_completion(
-    id: str,
-    created: int,
-    model: str,
-    text: str,
+def chat_choice(
+    index: int, content: str | None, tool_calls: list[Json] | None, logprobs: Json | None,
     finish_reason: str | None,
-    usage: Usage,
-    logprobs: Json | None,
 ) -> Json:
+    message: Json = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def chat_completion(id: str, created: int, model: str, choices: list[Json], usage: Usage) -> Json:
     return {
         "id": id,
         "object": "chat.completion",
         "created": created,
         "model": model,
         "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": logprobs,
-                "finish_reason": finish_reason,
-            }
-        ],
+        "choices": choices,
         "usage": usage_json(usage),
     }
 
 
-def completion(
-    id: str,
-    created: int,
-    model: str,
-    text: str,
-    finish_reason: str | None,
-    usage: Usage,
-    logprobs: Json | None,
-) -> Json:
+def completion(id: str, created: int, model: str, choices: list[Json], usage: Usage) -> Json:
     return {
         "id": id,
         "object": "text_completion",
         "created": created,
         "model": model,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}],
+        "choices": choices,
         "usage": usage_json(usage),
     }

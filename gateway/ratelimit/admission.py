@@ -76,7 +76,9 @@ class RateLimitAdmission:
         self._queue_cap = queue_cap
         self._redis = redis
 
-    async def admit(self, principal: Principal, request: GenerateRequest) -> RateLimitLease:
+    async def admit(
+        self, principal: Principal, request: GenerateRequest, num_choices: int = 1
+    ) -> RateLimitLease:
         if await self._queue_cap.is_full(self._redis, request.model, request.traffic_class):
             get_gateway_metrics().count_rate_limited(request.model, request.traffic_class.value, "queue")
             retry = str(self._queue_cap.retry_after_s)
@@ -87,7 +89,7 @@ class RateLimitAdmission:
                 headers={"retry-after": retry},
             )
         limits = rate_limits(principal.limits)
-        cost = prompt_tokens_estimate(request) + request.sampling.max_tokens
+        cost = prompt_tokens_estimate(request) + num_choices * request.sampling.max_tokens
         state = await self._limiter.acquire(principal.key_id, limits, cost, request.req_id)
         headers = state.headers()
         set_ratelimit_headers(headers)

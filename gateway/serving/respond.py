@@ -1,8 +1,10 @@
-"""The HTTP response of an accepted generation: an SSE stream, or the whole completion at once."""
+"""The HTTP response of accepted generations (one per choice): an SSE stream, or the whole
+completion at once."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import anyio
 from fastapi import Request, Response
@@ -23,25 +25,26 @@ REQUEST_ID_HEADER = "x-request-id"
 
 async def respond(
     http: Request,
-    generation: Generation,
-    accepted: ReplyEvent,
+    generations: Sequence[Generation],
+    accepted: Sequence[ReplyEvent],
     fmt: ResponseFormat,
     lease: Lease,
     stream: bool,
     include_usage: bool,
 ) -> Response:
-    headers = {REQUEST_ID_HEADER: generation.request.req_id}
+    headers = {REQUEST_ID_HEADER: generations[0].request.req_id}
     if stream:
-        events = stream_events(generation, fmt, lease, include_usage, http.is_disconnected)
+        events = stream_events(generations, fmt, lease, include_usage, http.is_disconnected)
         return EventStreamResponse(events, headers=headers)
     usage: Usage | None = None
     try:
-        body, usage = await collect(generation, accepted, fmt, http.is_disconnected)
+        body, usage = await collect(generations, accepted, fmt, http.is_disconnected)
     finally:
         with anyio.CancelScope(shield=True):
-            if not generation.is_finished:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await generation.cancel()
+            for generation in generations:
+                if not generation.is_finished:
+                    with contextlib.suppress(*REDIS_ERRORS):
+                        await generation.cancel()
             await lease.release(usage)
     if body is None:
         return Response(status_code=CLIENT_CLOSED)

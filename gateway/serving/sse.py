@@ -1,13 +1,15 @@
 """Server-sent events in OpenAI's format: ``data: <chunk json>`` per chunk, then ``data: [DONE]``.
 
 One reply batch (everything a blocking XREAD returned) becomes one write to the socket. Errors
-after the 200 was sent become an ``{"error": ...}`` event, as OpenAI's streams do.
+after the 200 was sent become an ``{"error": ...}`` event, as OpenAI's streams do. A request with
+``n`` choices streams them interleaved, each chunk naming its choice's ``index``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
 import anyio
 from pydantic_core import to_json
@@ -15,10 +17,11 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.core.errors import OpenAIError, redis_unavailable
+from gateway.serving.collect import total_usage
 from gateway.serving.formats import ResponseFormat
 from gateway.traffic import Lease
 from gateway.transport.generation import Generation, error_of
-from shared.messages import ReplyKind, Usage
+from shared.messages import ReplyEvent, ReplyKind, Usage
 from shared.retry import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -30,38 +33,78 @@ def sse_event(payload: object) -> bytes:
     return b"data: " + to_json(payload) + b"\n\n"
 
 
+async def _batches(
+    generations: Sequence[Generation], is_disconnected: Callable[[], Awaitable[bool]]
+) -> AsyncGenerator[tuple[int, list[ReplyEvent]], None]:
+    """(choice index, reply batch) as they come, from every generation until each has ended."""
+    if len(generations) == 1:
+        async for batch in generations[0].events(is_disconnected):
+            yield 0, batch
+        return
+    readers = [g.events(is_disconnected) for g in generations]
+    pending = {asyncio.ensure_future(anext(r)): i for i, r in enumerate(readers)}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=pending.__getitem__):
+                index = pending.pop(task)
+                try:
+                    batch = task.result()
+                except StopAsyncIteration:
+                    continue
+                pending[asyncio.ensure_future(anext(readers[index]))] = index
+                yield index, batch
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for reader in readers:
+            await reader.aclose()
+
+
 async def stream_events(
-    generation: Generation,
+    generations: Sequence[Generation],
     fmt: ResponseFormat,
     lease: Lease,
     include_usage: bool,
     is_disconnected: Callable[[], Awaitable[bool]],
 ) -> AsyncGenerator[bytes, None]:
-    """The SSE body of an accepted generation; cancels it and releases ``lease`` however it ends."""
-    usage: Usage | None = None
+    """The SSE body of accepted generations; cancels them and releases ``lease`` however it ends."""
+    usages: dict[int, Usage] = {}
     try:
-        first = fmt.first_chunk()
-        if first is not None:
-            yield sse_event(first)
-        async for batch in generation.events(is_disconnected):
+        for index in range(len(generations)):
+            first = fmt.first_chunk(index)
+            if first is not None:
+                yield sse_event(first)
+        batches = _batches(generations, is_disconnected)
+        async for index, batch in batches:
             out: list[bytes] = []
+            is_over = False
             for event in batch:
                 if event.kind is ReplyKind.DELTA:
                     if event.text or event.logprobs:
-                        out.append(sse_event(fmt.delta_chunk(event.text, event.logprobs, None)))
+                        chunk = fmt.delta_chunk(index, event.text, event.logprobs, None)
+                        if chunk is not None:
+                            out.append(sse_event(chunk))
                 elif event.kind is ReplyKind.DONE:
-                    usage = event.usage
-                    out.append(
-                        sse_event(fmt.delta_chunk(event.text, event.logprobs, event.finish_reason or "stop"))
-                    )
-                    if include_usage and usage is not None:
-                        out.append(sse_event(fmt.usage_chunk(usage)))
-                    out.append(DONE_EVENT)
+                    usages[index] = event.usage or Usage()
+                    chunk = fmt.delta_chunk(index, event.text, event.logprobs, event.finish_reason or "stop")
+                    if chunk is not None:
+                        out.append(sse_event(chunk))
+                    if len(usages) == len(generations):
+                        if include_usage:
+                            out.append(sse_event(fmt.usage_chunk(_usage(usages))))
+                        out.append(DONE_EVENT)
+                        is_over = True
                 elif event.kind is ReplyKind.ERROR:
                     out.append(sse_event(error_of(event).body()))
                     out.append(DONE_EVENT)
+                    is_over = True
             if out:
                 yield b"".join(out)
+            if is_over:
+                await batches.aclose()
+                break
     except OpenAIError as exc:
         yield sse_event(exc.body()) + DONE_EVENT
     except REDIS_ERRORS as exc:
@@ -69,11 +112,16 @@ async def stream_events(
         yield sse_event(redis_unavailable(exc).body()) + DONE_EVENT
     finally:
         with anyio.CancelScope(shield=True):  # the client may be gone; cleanup must still run
-            try:
-                await generation.cancel()
-            except REDIS_ERRORS as exc:
-                logger.warning("could not cancel %s: %s", generation.request.req_id, exc)
-            await lease.release(usage)
+            for generation in generations:
+                try:
+                    await generation.cancel()
+                except REDIS_ERRORS as exc:
+                    logger.warning("could not cancel %s: %s", generation.request.req_id, exc)
+            await lease.release(_usage(usages) if len(usages) == len(generations) else None)
+
+
+def _usage(usages: dict[int, Usage]) -> Usage:
+    return total_usage([usages[i] for i in sorted(usages)])
 
 
 class EventStreamResponse(StreamingResponse):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from typing import Any
 
 import anyio
 from fastapi import Request
@@ -12,6 +13,7 @@ from fastapi import Request
 from gateway.core.auth import Principal
 from gateway.core.errors import OpenAIError, shorten
 from gateway.core.state import GatewayState
+from gateway.protocol.requests import MAX_SEED, MIN_SEED
 from gateway.telemetry.request import CLIENT_CLOSED
 from gateway.traffic import TRAFFIC_CLASS_HEADER, Lease, traffic_class
 from gateway.transport.generation import Generation, no_live_worker
@@ -78,7 +80,27 @@ async def refuse_overlong_prompt(
         raise context_length_exceeded(window, at_least, param, at_least=True)
 
 
-async def start_generation(
+def refuse_too_many_choice_tokens(state: GatewayState, n: int, max_tokens: int) -> None:
+    """A 400 for ``n`` choices of ``max_tokens`` over the request's completion-token limit."""
+    limit = state.settings.max_request_completion_tokens
+    if n > 1 and n * max_tokens > limit:
+        raise OpenAIError(
+            400,
+            f"n={n} choices of max_tokens={max_tokens} ask for {n * max_tokens} completion tokens; "
+            f"a request may ask for at most {limit}. Lower n or max_tokens.",
+            param="n",
+            code="invalid_value",
+        )
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """Choice ``index``'s seed: each of ``n`` seeded choices draws its own tokens, reproducibly."""
+    if seed is None or index == 0:
+        return seed
+    return (seed + index - MIN_SEED) % (MAX_SEED - MIN_SEED + 1) + MIN_SEED
+
+
+async def start_generations(
     state: GatewayState,
     http: Request,
     principal: Principal,
@@ -87,36 +109,50 @@ async def start_generation(
     sampling: SamplingOptions,
     priority: int,
     *,
+    n: int = 1,
     messages: list[ChatMessage] | None = None,
+    tools: list[dict[str, Any]] | None = None,
     prompt: str | None = None,
     prompt_token_ids: list[int] | None = None,
-) -> tuple[Generation, ReplyEvent, Lease]:
-    """Admit, queue and wait for acceptance; the lease is released here if that fails."""
-    request = GenerateRequest(
+) -> tuple[list[Generation], list[ReplyEvent], Lease]:
+    """Admit once for all ``n`` choices, queue one request per choice and wait until each is accepted;
+    the lease is released here, and the started choices cancelled, if any of that fails."""
+    first = GenerateRequest(
         req_id=req_id,
         model=model,
         traffic_class=traffic_class(principal, http.headers.get(TRAFFIC_CLASS_HEADER), priority),
         tenant=principal.tenant,
         messages=messages,
+        tools=tools,
         prompt=prompt,
         prompt_token_ids=prompt_token_ids,
         sampling=sampling,
         arrival_time=time.time(),
         traceparent=http.headers.get("traceparent"),
     )
-    lease = await state.admission.admit(principal, request)
-    generation = Generation(state.redis, state.workers, state.settings, request)
+    requests = [first] + [
+        first.model_copy(update={
+            "req_id": f"{req_id}-{i}",
+            "sampling": sampling.model_copy(update={"seed": choice_seed(sampling.seed, i)}),
+        })
+        for i in range(1, n)
+    ]
+    lease = await state.admission.admit(principal, first, num_choices=n)
+    generations = [Generation(state.redis, state.workers, state.settings, r) for r in requests]
+    accepted: list[ReplyEvent] = []
     try:
-        accepted = await generation.start()
+        for generation in generations:  # XADDs in order; the workers admit the choices side by side
+            accepted.append(await generation.start())
     except BaseException as exc:
-        if isinstance(exc, OpenAIError):
-            generation.telemetry.finish(exc.status)
-        else:  # Redis failed (the client is told 503), or the client went away
-            generation.telemetry.finish(503 if isinstance(exc, REDIS_ERRORS) else CLIENT_CLOSED)
+        status = exc.status if isinstance(exc, OpenAIError) else (
+            503 if isinstance(exc, REDIS_ERRORS) else CLIENT_CLOSED)  # Redis failed, or the client left
+        for generation in generations:
+            generation.telemetry.finish(status)
         with anyio.CancelScope(shield=True):
             await lease.release(None)
-            if not generation.is_finished:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await generation.cancel()
+            for generation in generations:
+                if not generation.is_finished:
+                    with contextlib.suppress(*REDIS_ERRORS):
+                        await generation.cancel()
         raise
-    return generation, accepted, lease
+    return generations, accepted, lease

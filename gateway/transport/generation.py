@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -95,7 +95,7 @@ class Generation:
 
     async def events(
         self, is_disconnected: Callable[[], Awaitable[bool]] | None = None
-    ) -> AsyncIterator[list[ReplyEvent]]:
+    ) -> AsyncGenerator[list[ReplyEvent], None]:
         """Batches of events after ACCEPTED, up to and including DONE or ERROR.
 
         ``is_disconnected`` is asked once per read (not per token); when it says the client is gone,

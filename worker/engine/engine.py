@@ -10,6 +10,7 @@ import torch
 
 from worker.engine.block_manager import BlockManager
 from worker.engine.config import EngineConfig
+from worker.engine.constraint import ConstraintError, TokenConstraint
 from worker.engine.isolation import StepIsolator
 from worker.engine.outputs import Capacity, EngineStats, RequestOutput, TokenLogprobs
 from worker.engine.runner import ModelRunner
@@ -56,11 +57,13 @@ class Engine:
 
     def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: int = 0, arrival_time: float | None = None,
-                    output_token_ids: SequenceOf[int] = ()) -> None:
+                    output_token_ids: SequenceOf[int] = (),
+                    constraint: TokenConstraint | None = None) -> None:
         """Queue a request (priority: lower runs first; arrival_time: time.time() seconds).
 
         output_token_ids are tokens already produced for it (a resumed request): context that counts
-        toward max_tokens and is not emitted again. ValueError on bad input.
+        toward max_tokens and is not emitted again; a ``constraint`` (structured output) replays them.
+        ValueError on bad input.
         """
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
@@ -72,7 +75,8 @@ class Engine:
         tokens = list(prompt_token_ids) + outputs
         vocab_size = self.model_config.vocab_size
         if any(not 0 <= t < vocab_size for t in tokens) or any(
-                t >= vocab_size for t in params.stop_token_ids):
+                t >= vocab_size for t in params.stop_token_ids) or any(
+                t >= vocab_size for t, _ in params.logit_bias):
             raise ValueError(f"token ids must be in [0, {vocab_size})")
         max_len = self.config.max_model_len
         if len(tokens) >= max_len:
@@ -85,12 +89,17 @@ class Engine:
         if self.block_manager.num_pages_for(longest) > self.block_manager.num_total_pages:
             raise ValueError(f"a sequence of {longest} tokens does not fit the KV cache "
                              f"({self.block_manager.num_total_pages} pages of {self.config.page_size})")
+        if constraint is not None and outputs:
+            try:
+                constraint.replay(outputs)
+            except ConstraintError as exc:
+                raise ValueError(f"the tokens already sent break the request's grammar: {exc}") from None
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(params.seed)
         seq = Sequence(req_id, list(prompt_token_ids), params, priority,
-                       time.time() if arrival_time is None else arrival_time, outputs, generator)
+                       time.time() if arrival_time is None else arrival_time, outputs, generator, constraint)
         self._seqs[req_id] = seq
         self._newcomers.add(req_id)
         self.scheduler.add(seq)
@@ -129,7 +138,7 @@ class Engine:
             lp = logprobs[seq.req_id]
             outputs.append(RequestOutput(seq.req_id, [seq.token_ids[-1]], seq.finish_reason,
                                          None if lp is None else [lp], seq.num_prompt_tokens,
-                                         seq.num_cached_tokens))
+                                         seq.num_cached_tokens, error=seq.error))
             if seq.finish_reason is not None:
                 del self._seqs[seq.req_id]
         self._last_step_num_tokens = scheduled.num_batched_tokens

@@ -1,6 +1,7 @@
 """Batched sampling: one pass over a [num_seqs, vocab] logits tensor, no Python loop over the vocabulary.
 
-Order: stop tokens banned until min_tokens, repetition/frequency/presence penalties, then greedy
+Order: stop tokens banned until min_tokens, logit_bias, repetition/frequency/presence penalties, the
+constrained rows' token masks (structured output; one batched operation), then greedy
 (temperature 0) rows take the argmax; the others are scaled by temperature, filtered by top-k, top-p
 and min-p and sampled with the exponential-race trick (argmax of probs / Exp(1) noise), which lets
 each seeded request draw its noise from its own torch.Generator: the same seed gives the same tokens
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from worker.engine.constraint import TokenConstraint, apply_token_masks
 from worker.engine.outputs import TokenLogprobs
 from worker.engine.sequence import Sequence
 
@@ -50,6 +52,22 @@ def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence], rows: list[int]
     logits[rows] = sub
 
 
+def _apply_logit_bias(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    """Add each row's biases to its logits (token ids are checked against the vocabulary on add)."""
+    rows: list[int] = []
+    cols: list[int] = []
+    biases: list[float] = []
+    for i, s in enumerate(seqs):
+        for token_id, bias in s.params.logit_bias:
+            rows.append(i)
+            cols.append(token_id)
+            biases.append(bias)
+    if rows:
+        device = logits.device
+        index = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
+        logits.index_put_(index, torch.tensor(biases, device=device), accumulate=True)
+
+
 def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     """Top-k, top-p and min-p on temperature-scaled logits; filtered entries become -inf."""
     device, vocab_size = logits.device, logits.shape[1]
@@ -81,15 +99,21 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: frozenset[
     ban_rows: list[int] = []
     ban_cols: list[int] = []
     for i, s in enumerate(seqs):
-        if s.num_output_tokens < s.params.min_tokens:
+        # A constrained row ends when its grammar does; it may not end sooner nor be kept going.
+        if s.num_output_tokens < s.params.min_tokens and s.constraint is None:
             stops = set(s.params.stop_token_ids) | (set() if s.params.ignore_eos else eos_token_ids)
             ban_rows += [i] * len(stops)
             ban_cols += sorted(stops)
     if ban_rows:
         logits[torch.tensor(ban_rows, device=device), torch.tensor(ban_cols, device=device)] = float("-inf")
+    _apply_logit_bias(logits, seqs)
     penalty_rows = [i for i, s in enumerate(seqs) if s.params.has_penalties]
     if penalty_rows:
         _apply_penalties(logits, seqs, penalty_rows)
+    constrained = [(i, s.constraint) for i, s in enumerate(seqs) if s.constraint is not None]
+    if constrained:
+        rows, constraints = zip(*constrained, strict=True)
+        apply_token_masks(logits, list(rows), list[TokenConstraint](constraints))
 
     greedy_ids = logits.argmax(-1)  # [num_seqs]
     random_rows = [i for i, s in enumerate(seqs) if not s.params.is_greedy]

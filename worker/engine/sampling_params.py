@@ -12,6 +12,7 @@ from dataclasses import dataclass
 MAX_INT32 = 2**31 - 1
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 MAX_REPETITION_PENALTY = 100.0
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound on each bias
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None = off; n >= 0 = the sampled token's logprob plus the top n
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
     def __post_init__(self) -> None:
         floats = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
@@ -36,6 +38,8 @@ class SamplingParams:
         for name in floats:
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if not all(math.isfinite(b) and abs(b) <= MAX_LOGIT_BIAS for _, b in self.logit_bias):
+            raise ValueError(f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]")
         checks = [
             (1 <= self.max_tokens <= MAX_INT32,
              f"max_tokens must be in [1, {MAX_INT32}], got {self.max_tokens}"),
@@ -57,6 +61,8 @@ class SamplingParams:
              f"logprobs must be in [0, 20], got {self.logprobs}"),
             (all(0 <= t <= MAX_INT32 for t in self.stop_token_ids),
              f"stop_token_ids must be in [0, {MAX_INT32}]"),
+            (all(0 <= t <= MAX_INT32 for t, _ in self.logit_bias),
+             f"logit_bias token ids must be in [0, {MAX_INT32}]"),
         ]
         for ok, message in checks:
             if not ok:

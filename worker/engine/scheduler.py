@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from worker.engine.block_manager import BlockManager
 from worker.engine.config import EngineConfig
+from worker.engine.constraint import ConstraintError, TokenConstraint
 from worker.engine.sequence import Sequence, SequenceStatus
 
 
@@ -147,6 +148,8 @@ class Scheduler:
             params = seq.params
             if token in params.stop_token_ids or (token in eos_token_ids and not params.ignore_eos):
                 seq.finish_reason = "stop"
+            elif seq.constraint is not None and _advance(seq, seq.constraint, token):
+                pass  # the grammar ended the request, or refused the token
             elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.config.max_model_len:
                 seq.finish_reason = "length"
             if seq.finish_reason is not None:
@@ -155,6 +158,18 @@ class Scheduler:
         if any(s.status is SequenceStatus.FINISHED for s in advanced):
             self.running = [s for s in self.running if s.status is SequenceStatus.RUNNING]
         return advanced
+
+
+def _advance(seq: Sequence, constraint: TokenConstraint, token: int) -> bool:
+    """Feed ``token`` to the sequence's constraint; True when that finishes the sequence."""
+    try:
+        constraint.advance(token)
+    except ConstraintError as exc:
+        seq.finish_reason, seq.error = "error", f"structured output failed: {exc}"
+        return True
+    if constraint.is_finished:
+        seq.finish_reason = "stop"
+    return seq.finish_reason is not None
 
 
 class _Step:

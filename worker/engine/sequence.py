@@ -6,6 +6,7 @@ import enum
 
 import torch
 
+from worker.engine.constraint import TokenConstraint
 from worker.engine.sampling_params import SamplingParams
 
 
@@ -22,7 +23,8 @@ class Sequence:
     """
 
     def __init__(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int,
-                 arrival_time: float, output_token_ids: list[int], generator: torch.Generator | None) -> None:
+                 arrival_time: float, output_token_ids: list[int], generator: torch.Generator | None,
+                 constraint: TokenConstraint | None = None) -> None:
         self.req_id = req_id
         self.params = params
         self.priority = priority
@@ -40,7 +42,9 @@ class Sequence:
         self.waiting_since = arrival_time
         self.waited_s = 0.0
         self.finish_reason: str | None = None
+        self.error: str | None = None  # with finish_reason "error": why
         self.generator = generator
+        self.constraint = constraint  # structured output: which tokens may come next
 
     @property
     def num_tokens(self) -> int:

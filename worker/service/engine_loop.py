@@ -16,6 +16,7 @@ from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from worker.engine.constraint import TokenConstraint
 from worker.engine.outputs import Capacity, EngineStats, RequestOutput
 from worker.engine.sampling_params import SamplingParams
 from worker.service.prepare import PreparedRequest
@@ -39,7 +40,8 @@ class ServedEngine(Protocol):
 
     def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: int = 0, arrival_time: float | None = None,
-                    output_token_ids: SequenceOf[int] = ()) -> None: ...
+                    output_token_ids: SequenceOf[int] = (),
+                    constraint: TokenConstraint | None = None) -> None: ...
     def abort(self, req_id: str) -> None: ...
     def has_unfinished(self) -> bool: ...
     def step(self) -> list[RequestOutput]: ...
@@ -117,6 +119,7 @@ class EngineLoop:
                 priority=req.priority,
                 arrival_time=req.arrival_time or None,
                 output_token_ids=command.output_token_ids,
+                constraint=req.constraint,
             )
         except Exception as exc:  # noqa: BLE001 - a request the engine cannot take fails alone
             rejected.append((req.req_id, str(exc) if isinstance(exc, ValueError) else repr(exc)))

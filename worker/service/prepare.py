@@ -7,12 +7,14 @@ becomes a ``RequestError`` carrying the OpenAI-shaped error the client gets back
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from jinja2 import TemplateError
 
 from shared.messages import CLASS_RANK, DATA_FIELD, ErrorInfo, GenerateRequest, MessageError, decode
+from worker.engine.constraint import TokenConstraint
 from worker.engine.sampling_params import SamplingParams
 
 
@@ -26,7 +28,16 @@ class RequestError(Exception):
 
 class PromptTokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]: ...
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> list[int]: ...
+
+
+class ConstraintCompiler(Protocol):
+    """``worker.structured.grammar.GrammarCompiler``: a grammar's text to a fresh constraint."""
+
+    def compile(self, grammar: str) -> TokenConstraint: ...
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class PreparedRequest:
     stop: tuple[str, ...]
     traffic_class: str = "interactive"
     traceparent: str | None = None  # the gateway's span, parent of this worker's spans
+    constraint: TokenConstraint | None = None  # structured output, compiled here
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> RequestError:
@@ -67,7 +79,7 @@ def prompt_token_ids(req: GenerateRequest, tokenizer: PromptTokenizer) -> list[i
         if not req.messages:
             raise bad_request("messages must not be empty", param="messages")
         try:
-            ids = tokenizer.apply_chat_template([m.model_dump() for m in req.messages])
+            ids = tokenizer.apply_chat_template([m.model_dump() for m in req.messages], tools=req.tools)
         except (ValueError, TemplateError) as exc:  # the template rejects them: unknown role, bad order
             raise bad_request(f"invalid messages: {exc}", param="messages") from exc
         param = "messages"
@@ -84,10 +96,23 @@ def prompt_token_ids(req: GenerateRequest, tokenizer: PromptTokenizer) -> list[i
     return ids
 
 
+def compile_grammar(grammar: str | None, grammars: ConstraintCompiler | None) -> TokenConstraint | None:
+    if grammar is None:
+        return None
+    if grammars is None:
+        raise bad_request("this worker does not support structured output", param="response_format")
+    try:
+        return grammars.compile(grammar)
+    except ValueError as exc:
+        raise bad_request(f"invalid grammar or schema: {exc}", param="response_format") from exc
+
+
 def prepare_request(
-    req: GenerateRequest, tokenizer: PromptTokenizer, max_model_len: int, vocab_size: int
+    req: GenerateRequest, tokenizer: PromptTokenizer, max_model_len: int, vocab_size: int,
+    grammars: ConstraintCompiler | None = None,
 ) -> PreparedRequest:
-    """Tokenize and validate ``req`` for a model with context window ``max_model_len``."""
+    """Tokenize and validate ``req`` for a model with context window ``max_model_len``; compile its
+    grammar, if it has one."""
     ids = prompt_token_ids(req, tokenizer)
     if any(not 0 <= t < vocab_size for t in ids):
         raise bad_request(f"prompt token ids must be in [0, {vocab_size})", param="prompt")
@@ -103,6 +128,8 @@ def prepare_request(
         raise bad_request("max_tokens must be at least 1", param="max_tokens")
     if any(not 0 <= t < vocab_size for t in s.stop_token_ids):
         raise bad_request(f"stop_token_ids must be in [0, {vocab_size})", param="stop_token_ids")
+    if any(not 0 <= t < vocab_size for t in s.logit_bias):
+        raise bad_request(f"logit_bias token ids must be in [0, {vocab_size})", param="logit_bias")
     try:
         params = SamplingParams(
             # The completion stops at the context window: finish_reason "length", as vLLM does.
@@ -119,9 +146,11 @@ def prepare_request(
             stop_token_ids=tuple(s.stop_token_ids),
             ignore_eos=s.ignore_eos,
             logprobs=s.logprobs,
+            logit_bias=tuple(sorted(s.logit_bias.items())),
         )
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
+    constraint = compile_grammar(s.grammar, grammars)
     return PreparedRequest(
         req_id=req.req_id,
         prompt_token_ids=ids,
@@ -131,4 +160,5 @@ def prepare_request(
         stop=tuple(s for s in req.sampling.stop if s),
         traffic_class=req.traffic_class.value,
         traceparent=req.traceparent,
+        constraint=constraint,
     )

@@ -36,6 +36,7 @@ from worker.service.reply_writer import ReplyWriter
 from worker.service.resume import ResumeState, read_resume_state
 from worker.service.settings import WorkerSettings
 from worker.service.tracker import RequestTracker, error_event, step_failed
+from worker.structured.grammar import GrammarCompiler
 from worker.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class WorkerService:
         self._max_model_len = max_model_len
         self._vocab_size = vocab_size
         self._max_token_bytes = tokenizer.max_token_bytes
+        self._grammars = GrammarCompiler(tokenizer.hf, vocab_size)
         self._tensor_parallel_size = tensor_parallel_size
         self._num_output_tokens = 0  # since start, for the heartbeat's tokens/s
         self._rate_mark = (time.monotonic(), 0)
@@ -257,7 +259,7 @@ class WorkerService:
                     raise RequestError(too_many_deliveries(msg.num_deliveries - 1))
                 log.info("resuming %s after %d tokens", req.req_id, len(resume.output_token_ids))
             prepared = await asyncio.to_thread(
-                prepare_request, req, self._tokenizer, self._max_model_len, self._vocab_size
+                prepare_request, req, self._tokenizer, self._max_model_len, self._vocab_size, self._grammars
             )
             if len(resume.output_token_ids) >= prepared.params.max_tokens:  # died just before DONE
                 usage = Usage(

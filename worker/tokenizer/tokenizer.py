@@ -14,6 +14,8 @@ from typing import Any
 from jinja2 import TemplateError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from worker.tokenizer import tool_prompt
+
 
 class Tokenizer:
     def __init__(self, hf_tokenizer: PreTrainedTokenizerBase) -> None:
@@ -49,23 +51,35 @@ class Tokenizer:
         """A raw prompt, with the special tokens the model expects around it (e.g. Llama's BOS)."""
         return list(self.hf.encode(text, add_special_tokens=True))
 
-    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The chat template's text; ValueError when the model has no template or rejects the messages."""
+    def render_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The chat template's text; ValueError when the model has no template or rejects the messages.
+
+        ``tools`` (OpenAI's tool objects) go to a template that renders them, else into the system
+        message (worker/tokenizer/tool_prompt.py)."""
         if not self.has_chat_template:
             raise ValueError("this model has no chat template; send a prompt instead of messages")
+        extra: dict[str, Any] = {}
+        if tool_prompt.template_renders_tools(str(self.hf.chat_template)):
+            messages = tool_prompt.for_template(messages)
+            if tools:
+                extra["tools"] = list(tools)
+        else:
+            messages = tool_prompt.written_out(messages, tools)
         try:
             text = self.hf.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **extra
             )
         except TemplateError as exc:  # the template's own raise_exception(): roles out of order etc.
             raise ValueError(str(exc)) from exc
         return str(text)
 
     def apply_chat_template(
-        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True
+        self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> list[int]:
         # The template writes the special tokens itself (BOS, <|im_start|>...): add none on top.
-        text = self.render_chat(messages, add_generation_prompt)
+        text = self.render_chat(messages, add_generation_prompt, tools)
         return list(self.hf.encode(text, add_special_tokens=False))
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:

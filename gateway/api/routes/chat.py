@@ -11,7 +11,13 @@ from gateway.api.openapi import GENERATION
 from gateway.protocol.requests import ChatCompletionRequest
 from gateway.serving.formats import ChatFormat
 from gateway.serving.respond import respond
-from gateway.serving.submit import max_model_len, new_req_id, refuse_overlong_prompt, start_generation
+from gateway.serving.submit import (
+    max_model_len,
+    new_req_id,
+    refuse_overlong_prompt,
+    refuse_too_many_choice_tokens,
+    start_generations,
+)
 
 router = APIRouter(tags=["openai"])
 
@@ -26,8 +32,9 @@ async def create_chat_completion(
     messages = body.chat_messages()
     num_bytes = sum(len(m.content.encode("utf-8")) for m in messages)
     await refuse_overlong_prompt(state, body.model, window, "messages", num_bytes=num_bytes)
+    refuse_too_many_choice_tokens(state, body.n, body.max_completion(window))
     req_id = new_req_id()
-    generation, accepted, lease = await start_generation(
+    generations, accepted, lease = await start_generations(
         state,
         http,
         principal,
@@ -35,7 +42,10 @@ async def create_chat_completion(
         body.model,
         body.sampling(window),
         body.priority,
+        n=body.n,
         messages=messages,
+        tools=body.tool_dicts(),
     )
-    fmt = ChatFormat(f"chatcmpl-{req_id}", int(time.time()), body.model, include_usage=body.include_usage)
-    return await respond(http, generation, accepted, fmt, lease, body.stream, body.include_usage)
+    fmt = ChatFormat(f"chatcmpl-{req_id}", int(time.time()), body.model, include_usage=body.include_usage,
+                     parses_tool_calls=body.parses_tool_calls)
+    return await respond(http, generations, accepted, fmt, lease, body.stream, body.include_usage)

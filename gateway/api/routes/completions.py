@@ -11,7 +11,13 @@ from gateway.api.openapi import GENERATION
 from gateway.protocol.requests import CompletionRequest
 from gateway.serving.formats import CompletionFormat
 from gateway.serving.respond import respond
-from gateway.serving.submit import max_model_len, new_req_id, refuse_overlong_prompt, start_generation
+from gateway.serving.submit import (
+    max_model_len,
+    new_req_id,
+    refuse_overlong_prompt,
+    refuse_too_many_choice_tokens,
+    start_generations,
+)
 
 router = APIRouter(tags=["openai"])
 
@@ -26,8 +32,10 @@ async def create_completion(
         state, body.model, window, "prompt",
         num_bytes=len(text.encode("utf-8")) if text else 0, num_token_ids=len(token_ids or ()),
     )
+    max_tokens = body.max_completion(state.settings.default_completion_max_tokens)
+    refuse_too_many_choice_tokens(state, body.n, max_tokens)
     req_id = new_req_id()
-    generation, accepted, lease = await start_generation(
+    generations, accepted, lease = await start_generations(
         state,
         http,
         principal,
@@ -35,8 +43,9 @@ async def create_completion(
         body.model,
         body.sampling(state.settings.default_completion_max_tokens),
         body.priority,
+        n=body.n,
         prompt=text,
         prompt_token_ids=token_ids,
     )
     fmt = CompletionFormat(f"cmpl-{req_id}", int(time.time()), body.model, include_usage=body.include_usage)
-    return await respond(http, generation, accepted, fmt, lease, body.stream, body.include_usage)
+    return await respond(http, generations, accepted, fmt, lease, body.stream, body.include_usage)
