@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+)
 
 from gateway.structured.grammar import checked, json_schema_grammar, tool_call_grammar
 
@@ -50,7 +59,19 @@ class JsonSchemaFormat(_Body):
     json_schema: JsonSchemaSpec
 
 
-ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+def _format_tag(value: Any) -> str:
+    """The branch of ``response_format`` by its type; the "-" keeps the tag out of error params."""
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return f"type-{kind}"
+
+
+ResponseFormat = Annotated[
+    Annotated[TextFormat, Tag("type-text")]
+    | Annotated[JsonObjectFormat, Tag("type-json_object")]
+    | Annotated[JsonSchemaFormat, Tag("type-json_schema")],
+    Discriminator(_format_tag, custom_error_type="invalid_response_format",
+                  custom_error_message="type must be one of 'text', 'json_object' and 'json_schema'"),
+]
 
 
 def response_format_grammar(fmt: ResponseFormat | None) -> str | None:
