@@ -42,5 +42,9 @@ def grammar_error(grammar: str, tokenizer: llguidance.LLTokenizer | None = None)
     )
     if not is_error:
         return None
-    first_line = messages[0].strip().splitlines()[0]  # llguidance quotes the grammar after it
-    return re.sub(r"^at \d+\(\d+\): ", "", first_line)
+    lines = []
+    for line in messages[0].strip().splitlines():
+        if re.match(r"\s*\d+ \| ", line):  # llguidance quotes the grammar from here on
+            break
+        lines.append(line.strip())
+    return re.sub(r"^at \d+\(\d+\): ", "", " ".join(lines))

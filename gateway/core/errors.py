@@ -87,7 +87,9 @@ _UNION_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
 def _is_field(part: str) -> bool:
-    return part != "body" and part not in _UNION_TAGS and not any(c in part for c in "[(-")
+    """Fields are snake_case; a union's branch shows as a type or model name (``NamedToolChoice``)."""
+    return (part != "body" and part not in _UNION_TAGS and not part[:1].isupper()
+            and not any(c in part for c in "[(-"))
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:

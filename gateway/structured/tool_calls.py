@@ -62,6 +62,7 @@ class _OpenCall:
     in_string: bool = False
     escaped: bool = False
     args_done: bool = False
+    args_whole: bool = False  # the arguments are no object: taken from the whole call at its end
 
 
 def _prefix_overlap(text: str, tag: str) -> int:
@@ -143,7 +144,7 @@ class ToolCallParser:
         """The arguments text between ``args_pos`` and ``end``, up to the object's closing brace."""
         raw, i = open_.raw, open_.args_pos
         if open_.depth == 0 and i < end and raw[i] not in "{[":
-            open_.args_done = True  # not an object: parsed whole when the call closes
+            open_.args_done = open_.args_whole = True  # not an object: parsed when the call closes
             return ""
         while i < end:
             ch = raw[i]
@@ -165,19 +166,28 @@ class ToolCallParser:
 
     def _close(self, open_: _OpenCall, deltas: list[ToolCallDelta], closed: bool) -> str:
         """Finish a call at its closing tag (or the end); returns its text when it is no call at all."""
+        parsed = _parse_call(open_.raw)
         if open_.call is not None:
+            if open_.args_whole and parsed is not None:
+                open_.call.arguments = parsed[1]
+                deltas.append(ToolCallDelta(self.calls.index(open_.call), arguments=parsed[1]))
             return ""
-        as_text = f"{TOOL_CALL_OPEN}{open_.raw}{TOOL_CALL_CLOSE if closed else ''}"
-        try:
-            obj = json.loads(open_.raw)
-            name = obj["name"]
-            arguments = obj.get("arguments", obj.get("parameters", {}))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return as_text
-        if not isinstance(name, str):
-            return as_text
-        text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-        call = ToolCall(self.new_id(), name, text)
+        if parsed is None:
+            return f"{TOOL_CALL_OPEN}{open_.raw}{TOOL_CALL_CLOSE if closed else ''}"
+        call = ToolCall(self.new_id(), *parsed)
         self.calls.append(call)
-        deltas.append(ToolCallDelta(len(self.calls) - 1, call.id, call.name, text))
+        deltas.append(ToolCallDelta(len(self.calls) - 1, call.id, call.name, call.arguments))
         return ""
+
+
+def _parse_call(raw: str) -> tuple[str, str] | None:
+    """(name, arguments text) of a whole call's JSON; None when it is not one."""
+    try:
+        obj = json.loads(raw)
+        name = obj["name"]
+        arguments = obj.get("arguments", obj.get("parameters", {}))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(name, str):
+        return None
+    return name, arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
