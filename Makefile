@@ -37,3 +37,4 @@ lint: install
 
 bench: install
 	$(PY) -m worker.bench
+	$(PY) -m worker.structured.bench

@@ -239,7 +239,8 @@ def test_n_3_gives_three_choices(client: openai.OpenAI, stream: bool) -> None:
     texts = {0: "", 1: "", 2: ""}
     finishes: dict[int, str] = {}
     usage = None
-    for chunk in client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}):
+    stream = client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+    for chunk in stream:
         usage = chunk.usage or usage
         for choice in chunk.choices:
             texts[choice.index] += choice.delta.content or ""

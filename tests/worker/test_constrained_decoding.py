@@ -168,8 +168,8 @@ def grammars(loaded: LoadedModel) -> GrammarCompiler:
     return GrammarCompiler(loaded.tokenizer.hf, loaded.config.vocab_size)
 
 
-def run(loaded: LoadedModel, grammars: GrammarCompiler, num_pages: int, resume: dict[str, list[int]] | None = None
-        ) -> tuple[dict[str, list[int]], int]:
+def run(loaded: LoadedModel, grammars: GrammarCompiler, num_pages: int,
+        resume: dict[str, list[int]] | None = None) -> tuple[dict[str, list[int]], int]:
     engine = Engine(loaded.model, EngineConfig(max_model_len=1024, num_pages=num_pages, page_size=16,
                                                enable_prefix_caching=False), loaded.eos_token_ids)
     for i, prompt in enumerate(PROMPTS):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from worker.engine.constraint import TokenConstraint, apply_token_masks
+from worker.engine.constraint import apply_token_masks, fill_token_masks
 from worker.engine.outputs import TokenLogprobs
 from worker.engine.sequence import Sequence
 
@@ -110,10 +110,10 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: frozenset[
     penalty_rows = [i for i, s in enumerate(seqs) if s.params.has_penalties]
     if penalty_rows:
         _apply_penalties(logits, seqs, penalty_rows)
-    constrained = [(i, s.constraint) for i, s in enumerate(seqs) if s.constraint is not None]
-    if constrained:
-        rows, constraints = zip(*constrained, strict=True)
-        apply_token_masks(logits, list(rows), list[TokenConstraint](constraints))
+    rows = [i for i, s in enumerate(seqs) if s.constraint is not None]
+    if rows:
+        masks = fill_token_masks([c for s in seqs if (c := s.constraint) is not None], logits.shape[1])
+        apply_token_masks(logits, rows, masks)
 
     greedy_ids = logits.argmax(-1)  # [num_seqs]
     random_rows = [i for i, s in enumerate(seqs) if not s.params.is_greedy]

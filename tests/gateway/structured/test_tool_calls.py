@@ -19,11 +19,14 @@ TWO_CALLS = (
 ANSWERS = {
     "two calls, one in the other key order": (
         TWO_CALLS, "Let me check.\n",
-        [("get_weather", '{"city": "Paris \\"Ville\\" }", "days": [1, {"a": 2}]}'), ("search", '{"q": "é"}')]),
-    "no call, a lone '<' and a tag's start": ("a < b and <tool but no call", "a < b and <tool but no call", []),
+        [("get_weather", '{"city": "Paris \\"Ville\\" }", "days": [1, {"a": 2}]}'),
+         ("search", '{"q": "é"}')]),
+    "no call, a lone '<' and a tag's start": (
+        "a < b and <tool but no call", "a < b and <tool but no call", []),
     "empty arguments": ('<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>', "", [("f", "{}")]),
     "cut off inside a call": ('<tool_call>\n{"name": "f", "argu', '<tool_call>\n{"name": "f", "argu', []),
-    "not JSON inside the tags": ("<tool_call>oops</tool_call> after", "<tool_call>oops</tool_call> after", []),
+    "not JSON inside the tags": (
+        "<tool_call>oops</tool_call> after", "<tool_call>oops</tool_call> after", []),
     "arguments as a string": ('<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>', "",
                               [("f", '{"x": 1}')]),
 }
@@ -63,7 +66,8 @@ def test_arguments_stream_in_fragments_after_a_first_delta_with_the_name() -> No
     first, *rest = deltas
     assert first.json() == {"index": 0, "id": "call_x", "type": "function",
                             "function": {"name": "get_weather", "arguments": ""}}
-    assert len(rest) > 3 and all(d.json() == {"index": 0, "function": {"arguments": d.arguments}} for d in rest)
+    assert len(rest) > 3
+    assert all(d.json() == {"index": 0, "function": {"arguments": d.arguments}} for d in rest)
 
 
 def test_the_chat_format_gives_the_same_call_streamed_and_whole() -> None:
