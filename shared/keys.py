@@ -33,6 +33,14 @@ def reply_stream(req_id: str) -> str:
     return f"{PREFIX}:replies:{req_id}"
 
 
+# Owners: the worker that may write a request's reply stream. A worker that takes over a request sets
+# it before reading the stream back, and every reply write checks it atomically (``reply_write.lua``),
+# so a worker that was paused or cut off cannot write after another took its request over (fencing).
+# Lives as long as the reply stream.
+def owner_key(req_id: str) -> str:
+    return f"{PREFIX}:owner:{req_id}"
+
+
 # Poison marks: a request that failed an engine step on its own is marked here (the value says why),
 # so a worker that reclaims its message answers the error instead of running it again.
 POISON_TTL_S = REPLY_TTL_S
@@ -53,9 +61,10 @@ def control_stream(worker_id: str) -> str:
 
 
 # Heartbeats: a WorkerHeartbeat JSON under a key that lives HEARTBEAT_TTL_S; workers refresh it
-# every HEARTBEAT_INTERVAL_S. A worker whose key is gone is dead.
-HEARTBEAT_INTERVAL_S = 2.0
-HEARTBEAT_TTL_S = 10
+# every HEARTBEAT_INTERVAL_S. A worker whose key is gone is dead: live workers claim its pending
+# messages at once, so a dead worker's clients wait about HEARTBEAT_TTL_S for their next token.
+HEARTBEAT_INTERVAL_S = 0.5
+HEARTBEAT_TTL_S = 1.5
 
 
 def worker_key(model: str, worker_id: str) -> str:
@@ -66,9 +75,10 @@ def worker_pattern(model: str = "*") -> str:
     return f"{PREFIX}:workers:{model}:*"
 
 
-# A pending request message idle this long belongs to a dead worker: live workers refresh the idle
-# time of the messages they hold on every heartbeat, and reclaim (XAUTOCLAIM) anything older.
-RECLAIM_MIN_IDLE_MS = int(3 * HEARTBEAT_TTL_S * 1000)
+# A pending request message idle this long is orphaned whoever holds it (e.g. a live worker lost track
+# of it in an outage): live workers refresh the idle time of the messages they hold on every
+# heartbeat, and reclaim (XAUTOCLAIM) anything older. Dead workers' messages go much sooner, above.
+RECLAIM_MIN_IDLE_MS = 30_000
 
 
 # Rate limits (gateway/ratelimit): per API key, a request bucket and a token bucket (hashes that

@@ -135,3 +135,35 @@ def test_chat_template_from_gguf_metadata(tokenizer: Tokenizer) -> None:
     ids = tokenizer.apply_chat_template(messages)
     assert ids[0] == 1 and ids[-4:] == tokenizer.encode("<|im_start|>assistant\n")
     assert tokenizer.decode(ids, skip_special_tokens=False) == tokenizer.render_chat(messages)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+@pytest.mark.parametrize("stop", [[], ["首都", "done"]])
+def test_a_stream_resumed_after_any_token_continues_byte_exact(
+    tokenizer: Tokenizer, text: str, stop: list[str]
+) -> None:
+    """A worker dies after any token, mid-character included; the next one resumes from the tokens and
+    the text the client got, and the client's text is the same as from one uninterrupted stream."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say it."}])
+    ids = tokenizer.encode(text)
+    whole = IncrementalDetokenizer(tokenizer, prompt_ids=prompt, stop=stop)
+    expected = "".join(stream(whole, ids))
+    for cut in range(1, len(ids)):
+        first = IncrementalDetokenizer(tokenizer, prompt_ids=prompt, stop=stop)
+        sent = "".join(first.push([i]) for i in ids[:cut])
+        if first.finished_by_stop:
+            break
+        second = IncrementalDetokenizer(tokenizer, prompt_ids=prompt, stop=stop)
+        rest = second.resume(ids[:cut], sent) + "".join(stream(second, ids[cut:]))
+        assert sent + rest == expected, cut
+
+
+def test_a_cut_inside_a_character_is_where_pushing_all_at_once_repeats_text(tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode("ok 😀 yes")
+    cut = next(n for n in range(1, len(ids)) if tokenizer.decode(ids[:n]).endswith("\ufffd"))
+    sent = "".join(IncrementalDetokenizer(tokenizer).push([i]) for i in ids[:cut])
+    naive = IncrementalDetokenizer(tokenizer)
+    naive.push(ids[:cut])
+    assert sent + "".join(stream(naive, ids[cut:])) != "ok 😀 yes"  # what a resume used to send
+    resumed = IncrementalDetokenizer(tokenizer)
+    assert sent + resumed.resume(ids[:cut], sent) + "".join(stream(resumed, ids[cut:])) == "ok 😀 yes"

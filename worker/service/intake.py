@@ -1,8 +1,8 @@
 """Reading request messages from the model's request streams as a member of the worker group.
 
 Interactive first, then priority, then batch, and never more than the caller says it can admit.
-Also the two halves of reclaim: keeping our own held messages fresh, and taking over messages a
-dead worker left pending.
+Also the halves of reclaim: keeping our own held messages fresh, taking over at once the messages of
+a worker whose heartbeat is gone, and, later, any message left idle whoever holds it.
 """
 
 from __future__ import annotations
@@ -114,6 +114,48 @@ async def reclaim(
             )
             for msg_id, fields in claimed
         )
+    return taken
+
+
+async def claim_dead(
+    redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int
+) -> list[IntakeMessage]:
+    """Take over up to ``count`` messages held by workers whose heartbeat key is gone (dead ones).
+
+    A live worker refreshes its messages' idle time every heartbeat, so ``min_idle_ms`` (a heartbeat
+    interval or so) only settles races: of two workers claiming the same message, the second finds
+    it no longer idle. Dead consumers left with nothing pending are removed from the group.
+    """
+    taken: list[IntakeMessage] = []
+    for stream in request_streams(model):
+        consumers: Any = await redis.xinfo_consumers(stream, keys.WORKER_GROUP)
+        others = [c for c in consumers if c["name"] != consumer]
+        if not others:
+            continue
+        pipe = redis.pipeline(transaction=False)
+        for c in others:
+            pipe.exists(keys.worker_key(model, c["name"]))
+        dead = [c for c, is_alive in zip(others, await pipe.execute(), strict=True) if not is_alive]
+        for c in dead:
+            if int(c["pending"]) == 0:
+                await redis.xgroup_delconsumer(stream, keys.WORKER_GROUP, c["name"])
+                continue
+            if len(taken) >= count:
+                continue
+            pending: Any = await redis.xpending_range(
+                stream, keys.WORKER_GROUP, min="-", max="+", count=count - len(taken), consumername=c["name"]
+            )
+            deliveries = {e["message_id"]: int(e["times_delivered"]) + 1 for e in pending}
+            if not deliveries:
+                continue
+            claimed: Any = await redis.xclaim(
+                stream, keys.WORKER_GROUP, consumer, min_idle_ms, list(deliveries)
+            )
+            for entry in claimed:
+                if entry is not None:  # None: deleted from the stream meanwhile
+                    msg_id, fields = entry
+                    data = (fields or {}).get(DATA_FIELD)
+                    taken.append(IntakeMessage(HeldMessage(stream, msg_id), data, True, deliveries[msg_id]))
     return taken
 
 

@@ -1,13 +1,18 @@
-"""Reply events of one engine step for all requests, written to Redis in one pipelined round trip."""
+"""Reply events of one engine step for all requests, written to Redis in one pipelined round trip
+(a second one acks the requests that finished)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.messages import DATA_FIELD, ReplyEvent
+from shared.messages import ReplyEvent
+
+_WRITE_LUA = (Path(__file__).parent / "reply_write.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -50,29 +55,39 @@ class ReplyBatch:
     def __bool__(self) -> bool:
         return bool(self.events or self.finals)
 
-    async def write(self, redis: Redis) -> None:
-        """XADD every event, keep reply streams alive, then XACK and XDEL the finished requests' messages.
+    async def write(self, redis: Redis, worker_id: str) -> set[str]:
+        """Append every request's events (``reply_write.lua``: only where ``worker_id`` still owns the
+        request), then XACK and XDEL the finished requests' messages; returns the fenced req_ids.
 
-        Acks go after their final events in the same pipeline, so a message is never acked before
-        its reply is complete; the acked message is deleted so request streams hold only queued and
-        in-flight work.
+        Acks go after their final events, so a message is never acked before its reply is complete,
+        and never by a worker that lost the request; the acked message is deleted so request streams
+        hold only queued and in-flight work.
         """
         if not self:
-            return
+            return set()
+        by_request: dict[str, list[str]] = {}
+        for req_id, event in self.events:
+            by_request.setdefault(req_id, []).append(event.model_dump_json())
+        finished = {req_id for req_id, _ in self.finals if req_id is not None}
+        for req_id in finished:
+            by_request.setdefault(req_id, [])  # renews the owner and shortens the stream's life
+        script = redis.register_script(_WRITE_LUA)
         pipe = redis.pipeline(transaction=False)
         for req_id, why in self.poisoned:
             pipe.set(keys.poison_key(req_id), why, ex=keys.POISON_TTL_S)
-        touched: set[str] = set()
-        for req_id, event in self.events:
-            stream = keys.reply_stream(req_id)
-            pipe.xadd(stream, {DATA_FIELD: event.model_dump_json()})
-            touched.add(stream)
-        finished = {keys.reply_stream(req_id) for req_id, _ in self.finals if req_id is not None}
-        for stream in touched - finished:
-            pipe.expire(stream, keys.REPLY_TTL_S)
-        for stream in finished:
-            pipe.expire(stream, keys.REPLY_DONE_TTL_S)
-        for _req_id, message in self.finals:
-            pipe.xack(message.stream, keys.WORKER_GROUP, message.msg_id)
-            pipe.xdel(message.stream, message.msg_id)
-        await pipe.execute()
+        for req_id, events in by_request.items():
+            ttl = keys.REPLY_DONE_TTL_S if req_id in finished else keys.REPLY_TTL_S
+            await script(
+                keys=[keys.reply_stream(req_id), keys.owner_key(req_id)], args=[worker_id, ttl, *events],
+                client=pipe,
+            )
+        written: list[Any] = (await pipe.execute())[len(self.poisoned):]
+        fenced = {req_id for req_id, ok in zip(by_request, written, strict=True) if not ok}
+        acks = [message for req_id, message in self.finals if req_id not in fenced]
+        if acks:
+            pipe = redis.pipeline(transaction=False)
+            for message in acks:
+                pipe.xack(message.stream, keys.WORKER_GROUP, message.msg_id)
+                pipe.xdel(message.stream, message.msg_id)
+            await pipe.execute()
+        return fenced

@@ -15,22 +15,31 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ResumeState:
-    """``next_seq`` continues the reply stream; ``output_token_ids`` were already sent to the client."""
+    """``next_seq`` continues the reply stream; ``output_token_ids`` and ``text`` were already sent to
+    the client (the text may end short of the tokens: the rest of a character, or a held stop string)."""
 
     next_seq: int = 0
     output_token_ids: list[int] = field(default_factory=list)
+    text: str = ""
     is_finished: bool = False  # a DONE or ERROR is already there: only the ack was missing
     poisoned: str | None = None  # why the request failed a step on its own, if it did: never run it again
 
 
-async def read_resume_state(redis: Redis, req_id: str) -> ResumeState:
-    """The reply stream so far and the request's poison mark, in one round trip."""
+async def take_over(redis: Redis, req_id: str, worker_id: str) -> ResumeState:
+    """Become the request's owner, then read back its reply stream and poison mark (one round trip).
+
+    Owner first: from then on the previous worker's writes are refused (``reply_write.lua``), so the
+    stream read afterwards is all the client will ever get from it. Events are read as the gateway
+    reads them, the first of each ``seq`` counting.
+    """
     pipe = redis.pipeline(transaction=False)
+    pipe.set(keys.owner_key(req_id), worker_id, ex=keys.REPLY_TTL_S)
     pipe.xrange(keys.reply_stream(req_id))
     pipe.get(keys.poison_key(req_id))
-    entries, poisoned = await pipe.execute()
+    _, entries, poisoned = await pipe.execute()
     next_seq = 0
     output_token_ids: list[int] = []
+    texts: list[str] = []
     is_finished = False
     for entry_id, fields in entries:
         try:
@@ -38,9 +47,12 @@ async def read_resume_state(redis: Redis, req_id: str) -> ResumeState:
         except MessageError as exc:
             log.warning("reply %s: skipping entry %s: %s", req_id, entry_id, exc)
             continue
-        next_seq = max(next_seq, event.seq + 1)
+        if event.seq < next_seq:
+            continue
+        next_seq = event.seq + 1
         if event.kind is ReplyKind.DELTA:
             output_token_ids.extend(event.token_ids)
+            texts.append(event.text)
         elif event.kind is not ReplyKind.ACCEPTED:
             is_finished = True
-    return ResumeState(next_seq, output_token_ids, is_finished, poisoned)
+    return ResumeState(next_seq, output_token_ids, "".join(texts), is_finished, poisoned)

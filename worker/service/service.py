@@ -33,7 +33,7 @@ from worker.service.metrics import WorkerMetrics
 from worker.service.prepare import PreparedRequest, RequestError, parse_request, prepare_request, req_id_of
 from worker.service.replies import ReplyBatch
 from worker.service.reply_writer import ReplyWriter
-from worker.service.resume import ResumeState, read_resume_state
+from worker.service.resume import ResumeState, take_over
 from worker.service.settings import WorkerSettings
 from worker.service.tracker import RequestTracker, error_event, step_failed
 from worker.structured.grammar import GrammarCompiler
@@ -78,10 +78,9 @@ class WorkerService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine_loop = EngineLoop(engine, self._deliver)
         self._writes = RetryPolicy(deadline_s=settings.write_deadline_s)
-        self._writer = ReplyWriter(
-            redis, self.worker_id, self._tracker, self._abort, settings.reclaim_min_idle_ms, self._writes
-        )
+        self._writer = ReplyWriter(redis, self.worker_id, self._tracker, self._abort, self._writes)
         self._next_reclaim = 0.0
+        self._dead_claim_idle_ms = int(settings.heartbeat_interval_s * 1000)
         self._num_submitted = 0  # handed to the engine thread, not yet admitted or rejected
         self._capacity_changed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -201,7 +200,9 @@ class WorkerService:
         messages: list[intake.IntakeMessage] = []
         if time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self.settings.heartbeat_interval_s
-            messages = await intake.reclaim(
+            messages = await intake.claim_dead(
+                self._redis, self.model_name, self.worker_id, count, self._dead_claim_idle_ms
+            ) or await intake.reclaim(
                 self._redis, self.model_name, self.worker_id, count, self.settings.reclaim_min_idle_ms
             )
         if not messages:
@@ -249,7 +250,9 @@ class WorkerService:
         try:
             req = parse_request(msg.data)
             if msg.is_reclaimed:
-                resume = await self._writes.run(lambda: read_resume_state(self._redis, req.req_id), "resume")
+                resume = await self._writes.run(
+                    lambda: take_over(self._redis, req.req_id, self.worker_id), "resume"
+                )
                 if resume.is_finished:  # its worker died between the final event and the ack
                     batch.finish(req.req_id, msg.message)
                     return None
@@ -342,7 +345,7 @@ class WorkerService:
             time=time.time(),
         )
         key = keys.worker_key(self.model_name, self.worker_id)
-        await self._redis.set(key, beat.model_dump_json(), ex=self.settings.heartbeat_ttl_s)
+        await self._redis.set(key, beat.model_dump_json(), px=int(self.settings.heartbeat_ttl_s * 1000))
 
     async def _heartbeat_loop(self) -> None:
         while not self._closing.is_set():

@@ -28,7 +28,7 @@ class WorkerSettings(BaseSettings):
     )
     worker_id: str = Field(default_factory=default_worker_id)
     heartbeat_interval_s: float = keys.HEARTBEAT_INTERVAL_S
-    heartbeat_ttl_s: int = keys.HEARTBEAT_TTL_S
+    heartbeat_ttl_s: float = keys.HEARTBEAT_TTL_S
     # A pending message idle this long belongs to a dead worker and is reclaimed.
     reclaim_min_idle_ms: int = keys.RECLAIM_MIN_IDLE_MS
     # A request whose workers died this many times is failed (500) instead of reclaimed again, so

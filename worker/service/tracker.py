@@ -37,6 +37,7 @@ class ActiveRequest:
     trace: WorkerRequestTrace
     priority: int = 0  # the engine priority of its traffic class (0 interactive ... 2 batch)
     is_cancelled: bool = False
+    unsent_text: str = ""  # a resumed request's text that its first worker did not send: goes out next
 
     def event(self, kind: ReplyKind, **fields: Any) -> ReplyEvent:
         event = ReplyEvent(seq=self.next_seq, kind=kind, **fields)
@@ -71,8 +72,7 @@ class RequestTracker:
     def start(self, prepared: PreparedRequest, message: HeldMessage, resume: ResumeState) -> ActiveRequest:
         """Track a request about to be handed to the engine; a resumed one continues ``resume``."""
         detokenizer = IncrementalDetokenizer(self._tokenizer, prepared.prompt_token_ids, list(prepared.stop))
-        if resume.output_token_ids:
-            detokenizer.push(resume.output_token_ids)  # that text is already with the client
+        unsent = detokenizer.resume(resume.output_token_ids, resume.text) if resume.output_token_ids else ""
         req = ActiveRequest(
             req_id=prepared.req_id,
             message=message,
@@ -82,6 +82,7 @@ class RequestTracker:
             num_output_tokens=len(resume.output_token_ids),
             wants_logprobs=prepared.params.logprobs is not None,
             priority=prepared.priority,
+            unsent_text=unsent,
             trace=WorkerRequestTrace(
                 self._tracer, prepared.traceparent, prepared.req_id, prepared.traffic_class, self.worker_id
             ),
@@ -152,6 +153,8 @@ class RequestTracker:
         if req.is_cancelled:
             finish_reason = "abort"
         text = req.detokenizer.push(token_ids) if token_ids and not req.is_cancelled else ""
+        if req.unsent_text and not req.is_cancelled:
+            text, req.unsent_text = req.unsent_text + text, ""
         if req.detokenizer.finished_by_stop:
             finish_reason = "stop"
         elif finish_reason in ("stop", "length"):

@@ -36,6 +36,7 @@ class IncrementalDetokenizer:
         self._read_offset = len(self._ids)  # ids before this are already emitted (or are prompt)
         self._stops = tuple(s for s in stop if s)
         self._held = ""  # decoded, not emitted: it may be the start of a stop string
+        self._num_skip = 0  # characters still to drop from the output: a resumed request sent them
         self.stop_str: str | None = None  # the stop string that ended the text, if one did
 
     @property
@@ -48,6 +49,19 @@ class IncrementalDetokenizer:
             return ""
         self._ids.extend(token_ids)
         return self._emit(self._decode_new(final=False), final=False)
+
+    def resume(self, token_ids: Sequence[int], sent: str) -> str:
+        """Take in the tokens of a resumed request whose client already got ``sent``; returns what the
+        client still lacks of them (usually ""), and drops ``sent``'s rest from later output.
+
+        Pushed at once, tokens that end inside a character emit nothing yet, while the first worker
+        had already sent the text before that character: without the count, it would come again.
+        """
+        text = self.push(token_ids)
+        if not text.startswith(sent):
+            self._num_skip = len(sent) - len(text) if sent.startswith(text) else 0
+            return ""
+        return text[len(sent):]
 
     def flush(self) -> str:
         """The text still held back, when the sequence ends for another reason than a stop string.
@@ -73,6 +87,9 @@ class IncrementalDetokenizer:
         return new_text[len(prefix_text) :]
 
     def _emit(self, text: str, final: bool) -> str:
+        if self._num_skip:
+            num = min(self._num_skip, len(text))
+            text, self._num_skip = text[num:], self._num_skip - num
         pending = self._held + text
         hits = [(i, s) for s in self._stops if (i := pending.find(s)) >= 0]
         if hits:

@@ -75,6 +75,33 @@ async def test_a_dead_workers_messages_are_reclaimed_and_held_ones_are_not(redis
     }
 
 
+async def test_a_worker_whose_heartbeat_is_gone_loses_its_messages_at_once(redis: Redis) -> None:
+    for data in ("a", "b"):
+        await put(redis, TrafficClass.INTERACTIVE, data)
+    await put(redis, TrafficClass.BATCH, "c")
+    await redis.set(keys.worker_key(MODEL, "slow"), "{}", ex=60)  # alive, however long it takes
+    (slow,) = await intake.read_new(redis, MODEL, "slow", count=1, block_ms=None)
+    dead = await intake.read_new(redis, MODEL, "dead", count=2, block_ms=None)  # no heartbeat key
+    await intake.read_new(redis, MODEL, "idle-dead", count=1, block_ms=None)
+    await redis.set(keys.worker_key(MODEL, "claimer"), "{}", ex=60)
+    await asyncio.sleep(0.1)
+
+    taken = await intake.claim_dead(redis, MODEL, "claimer", count=10, min_idle_ms=50)
+    assert sorted(m.data for m in taken) == sorted(m.data for m in dead) == ["b", "c"]
+    assert all(m.is_reclaimed and m.num_deliveries == 2 for m in taken)
+    pending = await redis.xpending_range(slow.message.stream, keys.WORKER_GROUP, "-", "+", 10)
+    assert {p["message_id"]: p["consumer"] for p in pending} == {
+        slow.message.msg_id: "slow",
+        dead[0].message.msg_id: "claimer",
+    }
+    # A second claimer racing the first finds nothing idle enough; dead consumers with nothing
+    # pending leave the group.
+    assert await intake.claim_dead(redis, MODEL, "other", count=10, min_idle_ms=50) == []
+    streams = intake.request_streams(MODEL)
+    names = {c["name"] for s in streams for c in await redis.xinfo_consumers(s, keys.WORKER_GROUP)}
+    assert "dead" not in names and "idle-dead" not in names and "slow" in names
+
+
 async def test_reclaim_takes_no_more_than_count(redis: Redis) -> None:
     for i in range(3):
         await put(redis, TrafficClass.PRIORITY, f"r{i}")

@@ -11,7 +11,7 @@ from shared import keys
 from shared.messages import DATA_FIELD, ErrorInfo, ReplyEvent, ReplyKind, TrafficClass
 from worker.service import intake
 from worker.service.replies import HeldMessage, ReplyBatch
-from worker.service.resume import read_resume_state
+from worker.service.resume import take_over
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ async def test_batch_writes_events_in_order_and_acks_and_deletes_finished_reques
     batch.add("a", ReplyEvent(seq=1, kind=ReplyKind.DELTA, text="hi", token_ids=[1, 2]))
     batch.add("a", ReplyEvent(seq=2, kind=ReplyKind.DONE, finish_reason="length"))
     batch.finish("a", message)
-    await batch.write(redis)
+    await batch.write(redis, "w")
 
     assert [(e.seq, e.kind, e.text) for e in await events(redis, "a")] == [
         (0, ReplyKind.ACCEPTED, ""),
@@ -55,7 +55,7 @@ async def test_batch_writes_events_in_order_and_acks_and_deletes_finished_reques
 
 
 async def test_an_empty_batch_writes_nothing(redis: Redis) -> None:
-    await ReplyBatch().write(redis)
+    await ReplyBatch().write(redis, "w")
     assert await redis.dbsize() == 3  # the three request streams
 
 
@@ -64,16 +64,50 @@ async def test_resume_state_continues_after_the_last_event(redis: Redis) -> None
     batch.add("r", ReplyEvent(seq=0, kind=ReplyKind.ACCEPTED, worker_id="dead"))
     batch.add("r", ReplyEvent(seq=1, kind=ReplyKind.DELTA, text="a", token_ids=[10, 11]))
     batch.add("r", ReplyEvent(seq=2, kind=ReplyKind.DELTA, text="b", token_ids=[12]))
-    await batch.write(redis)
+    await batch.write(redis, "w")
 
-    state = await read_resume_state(redis, "r")
-    assert (state.next_seq, state.output_token_ids, state.is_finished) == (3, [10, 11, 12], False)
+    state = await take_over(redis, "r", "new")
+    assert (state.next_seq, state.output_token_ids, state.text) == (3, [10, 11, 12], "ab")
+    assert not state.is_finished
 
 
 async def test_resume_state_of_a_finished_or_unknown_request(redis: Redis) -> None:
     batch = ReplyBatch()
     batch.add("f", ReplyEvent(seq=0, kind=ReplyKind.ERROR, error=ErrorInfo(status=400, message="no")))
-    await batch.write(redis)
-    assert (await read_resume_state(redis, "f")).is_finished
-    fresh = await read_resume_state(redis, "nobody")
+    await batch.write(redis, "w")
+    assert (await take_over(redis, "f", "new")).is_finished
+    fresh = await take_over(redis, "nobody", "new")
     assert (fresh.next_seq, fresh.output_token_ids, fresh.is_finished) == (0, [], False)
+
+
+async def test_a_worker_that_lost_a_request_writes_nothing_more_for_it_nor_acks_it(redis: Redis) -> None:
+    message = await held_message(redis)
+    first = ReplyBatch()
+    first.add("r", ReplyEvent(seq=0, kind=ReplyKind.ACCEPTED, worker_id="old"))
+    first.add("r", ReplyEvent(seq=1, kind=ReplyKind.DELTA, text="a", token_ids=[10]))
+    assert await first.write(redis, "old") == set()
+
+    state = await take_over(redis, "r", "new")  # "old" is paused; "new" takes the request over
+    stale = ReplyBatch()
+    stale.add("r", ReplyEvent(seq=2, kind=ReplyKind.DELTA, text="b", token_ids=[11]))
+    stale.add("other", ReplyEvent(seq=0, kind=ReplyKind.ACCEPTED, worker_id="old"))
+    stale.finish("r", message)
+    assert await stale.write(redis, "old") == {"r"}
+
+    assert [e.seq for e in await events(redis, "r")] == [0, 1]
+    assert [e.seq for e in await events(redis, "other")] == [0]  # requests it still owns are written
+    assert (await redis.xpending(message.stream, keys.WORKER_GROUP))["pending"] == 1
+    resumed = ReplyBatch()
+    resumed.add("r", ReplyEvent(seq=state.next_seq, kind=ReplyKind.DELTA, text="c", token_ids=[12]))
+    assert await resumed.write(redis, "new") == set()
+    assert [e.text for e in await events(redis, "r")] == ["", "a", "c"]
+
+
+async def test_resume_reads_the_first_event_of_each_seq_as_the_gateway_does(redis: Redis) -> None:
+    stream = keys.reply_stream("d")
+    for seq, text in [(0, ""), (1, "a"), (2, "b"), (2, "X"), (3, "c")]:
+        kind = ReplyKind.ACCEPTED if seq == 0 else ReplyKind.DELTA
+        event = ReplyEvent(seq=seq, kind=kind, text=text, token_ids=[seq] if seq else [])
+        await redis.xadd(stream, {DATA_FIELD: event.model_dump_json()})
+    state = await take_over(redis, "d", "new")
+    assert (state.next_seq, state.output_token_ids, state.text) == (4, [1, 2, 3], "abc")

@@ -152,7 +152,8 @@ async def test_a_worker_stops_writing_for_a_request_another_worker_reclaimed(
     run = asyncio.create_task(service.run())
     while len(await events(redis, "long")) < 5:
         await asyncio.sleep(0.05)
-    # Another worker took the message over (as after this one's pause): the next refresh sees it.
+    # Another, live worker took the message over (as after this one's pause): the next refresh sees it.
+    await redis.set(keys.worker_key(MODEL, "other-worker"), "{}", ex=60)
     await redis.xclaim(STREAM, keys.WORKER_GROUP, "other-worker", min_idle_time=0, message_ids=[msg_id])
     await asyncio.sleep(1.0)  # several heartbeats
     written = len(await events(redis, "long"))

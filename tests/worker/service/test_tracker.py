@@ -86,9 +86,8 @@ def test_a_cancelled_request_finishes_with_abort(tokenizer: Tokenizer) -> None:
 def test_a_resumed_request_continues_seq_and_text_without_repeating(tokenizer: Tokenizer) -> None:
     ids = tokenizer.encode(" there was a cat")
     tracker = RequestTracker("w2", tokenizer)
-    tracker.start(
-        prepared(tokenizer), MESSAGE, ResumeState(next_seq=3, output_token_ids=ids[:2])
-    )
+    sent = tokenizer.decode(ids[:2])
+    tracker.start(prepared(tokenizer), MESSAGE, ResumeState(next_seq=3, output_token_ids=ids[:2], text=sent))
     batch = ReplyBatch()
     tracker.apply(EngineReport(admitted=["r"], outputs=[output("r", ids[2:], "length")]), batch)
     accepted, delta, done = (e for _, e in batch.events)
