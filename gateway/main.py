@@ -5,6 +5,7 @@ Routers are listed in ``ROUTERS``; a new resource adds its router there.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,7 @@ from gateway.ratelimit.admission import RateLimitAdmission
 from gateway.ratelimit.headers import RateLimitHeadersMiddleware
 from gateway.ratelimit.queue_cap import QueueCap, QueueCapSettings
 from gateway.traffic import Admission
+from gateway.transport.presence import GatewayPresence
 from gateway.transport.workers import WorkerRegistry
 from shared.retry import connect
 from shared.telemetry.tracing import setup_tracing
@@ -45,18 +47,23 @@ def create_app(settings: GatewaySettings | None = None, admission: Admission | N
         setup_tracing("busstop-gateway")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
         # Blocking XREADs hold the socket for up to read_block_ms on purpose.
         redis = connect(s.redis_url, s.redis_timeout_s, s.read_block_ms / 1000)
+        presence = GatewayPresence(s.redis_url, s.gateway_id, s.redis_timeout_s)
+        presence.start()
         app.state.gateway = GatewayState(
             settings=s,
             redis=redis,
             workers=WorkerRegistry(redis, s.worker_refresh_s),
             keys=build_key_store(s),
-            admission=admission or RateLimitAdmission(redis, QueueCap.from_settings(QueueCapSettings())),
+            admission=admission
+            or RateLimitAdmission(redis, QueueCap.from_settings(QueueCapSettings()), presence),
+            presence=presence,
         )
         batch = await open_batch_service(app, app.state.gateway)
         try:
             yield
         finally:
             await batch.runner.stop()
+            await asyncio.to_thread(presence.stop)
             await redis.aclose()
 
     app = FastAPI(

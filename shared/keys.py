@@ -81,9 +81,32 @@ def worker_pattern(model: str = "*") -> str:
 RECLAIM_MIN_IDLE_MS = 30_000
 
 
+# Gateways: each replica keeps a liveness key (GATEWAY_TTL_S, renewed every GATEWAY_BEAT_S from its
+# own thread). Workers abort the requests of a gateway whose key is gone: nobody reads their replies.
+GATEWAY_BEAT_S = 0.25
+GATEWAY_TTL_S = 1.5
+
+
+def gateway_key(gateway_id: str) -> str:
+    return f"{PREFIX}:gateways:{gateway_id}"
+
+
+# Leases the serving gateway renews every LEASE_RENEW_S while it waits for a request: the request's
+# own (checked by a worker before it runs a request, and after an outage) and its concurrency slot.
+# A lease outlives the gateway's Redis retry budget (``redis_retry_s``), so a lease that is gone means
+# the gateway gave up on the request or died; one it gave up on is deleted at once.
+LEASE_RENEW_S = 2.0
+LEASE_S = 10
+
+
+def request_lease(req_id: str) -> str:
+    return f"{PREFIX}:lease:{req_id}"
+
+
 # Rate limits (gateway/ratelimit): per API key, a request bucket and a token bucket (hashes that
-# expire once they would be full again) and a sorted set of in-flight req_ids scored by lease expiry.
-RATELIMIT_LEASE_S = 900
+# expire once they would be full again) and a sorted set of in-flight req_ids scored by lease expiry
+# (LEASE_S, renewed with the request's lease).
+RATELIMIT_LEASE_S = LEASE_S
 
 
 def ratelimit_key(key_id: str, kind: str) -> str:

@@ -103,6 +103,9 @@ class GenerateRequest(_Message):
     sampling: SamplingOptions = Field(default_factory=SamplingOptions)
     arrival_time: float = 0.0  # unix seconds, set by the gateway
     traceparent: str | None = None  # W3C trace context of the gateway's span
+    # The gateway replica serving the client: when its liveness key (``keys.gateway_key``) is gone, or
+    # the request's lease (``keys.request_lease``) is, nobody waits for the reply and workers abort it.
+    gateway_id: str | None = None
 
 
 class ReplyKind(StrEnum):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def default_gateway_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class GatewaySettings(BaseSettings):
@@ -19,6 +26,9 @@ class GatewaySettings(BaseSettings):
     # How long a running request's reads ride out a Redis outage (retried with backoff) before the
     # client gets a 503 error; longer than a failover or a `DEBUG SLEEP 30`.
     redis_retry_s: float = Field(default=45.0, ge=0)
+    # This replica's name in Redis (its liveness key and the requests it serves); unique per process,
+    # so a restarted gateway is a new one and the dead one's requests are aborted.
+    gateway_id: str = Field(default_factory=lambda: default_gateway_id(), min_length=1)
 
     # API keys: a YAML or JSON file of sha256 hashes (see gateway/core/auth.py). Without one, a single
     # development key from BUSSTOP_DEV_API_KEY is accepted (tenant "dev", public traffic).

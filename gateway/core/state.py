@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from gateway.core.auth import KeyStore
 from gateway.core.config import GatewaySettings
 from gateway.traffic import Admission
+from gateway.transport.presence import GatewayPresence
 from gateway.transport.workers import WorkerRegistry
 
 
@@ -19,3 +20,4 @@ class GatewayState:
     workers: WorkerRegistry
     keys: KeyStore
     admission: Admission
+    presence: GatewayPresence | None = None  # None in tests that drive the app without Redis leases

@@ -12,6 +12,8 @@ from gateway.ratelimit.headers import set_ratelimit_headers
 from gateway.ratelimit.limiter import RateLimiter, RateLimits, estimate_prompt_tokens
 from gateway.ratelimit.queue_cap import QueueCap
 from gateway.telemetry.metrics import get_gateway_metrics
+from gateway.transport.presence import GatewayPresence
+from shared import keys
 from shared.messages import GenerateRequest, Usage
 from shared.retry import REDIS_ERRORS, RetryPolicy
 
@@ -47,6 +49,13 @@ class RateLimitLease:
         self._num_prompt_estimate = prompt_tokens_estimate(request)
         self._is_released = False
 
+    @property
+    def slot(self) -> tuple[str, str] | None:
+        """The concurrency slot this lease holds, while it holds one: (in-flight set, req_id)."""
+        if self._is_released or not self._principal.limits.max_concurrency:
+            return None
+        return keys.ratelimit_key(self._principal.key_id, "inflight"), self._req_id
+
     async def release(self, usage: Usage | None) -> None:
         """``usage`` None (failed or abandoned): the prompt estimate is charged, the completion refunded."""
         if self._is_released:
@@ -71,10 +80,11 @@ class RateLimitAdmission:
     """Refuses with 503 when the request's class already has too much queued, and with 429 when the key
     is over its requests, tokens or concurrency; every answer carries the key's ``x-ratelimit-*`` headers."""
 
-    def __init__(self, redis: Redis, queue_cap: QueueCap) -> None:
+    def __init__(self, redis: Redis, queue_cap: QueueCap, presence: GatewayPresence | None = None) -> None:
         self._limiter = RateLimiter(redis)
         self._queue_cap = queue_cap
         self._redis = redis
+        self._presence = presence  # renews the slots' short leases while their requests run
 
     async def admit(
         self, principal: Principal, request: GenerateRequest, num_choices: int = 1
@@ -97,4 +107,7 @@ class RateLimitAdmission:
             get_gateway_metrics().count_rate_limited(request.model, request.traffic_class.value, state.reason)
             code = "rate_limit_exceeded" if state.reason != "too_large" else "request_too_large"
             raise OpenAIError(429, state.message(), code=code, headers=headers)
-        return RateLimitLease(self._limiter, principal, request, cost)
+        lease = RateLimitLease(self._limiter, principal, request, cost)
+        if self._presence is not None and lease.slot is not None:
+            self._presence.hold(lease)
+        return lease

@@ -129,6 +129,7 @@ async def start_generations(
         sampling=sampling,
         arrival_time=time.time(),
         traceparent=http.headers.get("traceparent"),
+        gateway_id=state.presence.gateway_id if state.presence is not None else None,
     )
     requests = [first] + [
         first.model_copy(update={
@@ -138,7 +139,9 @@ async def start_generations(
         for i in range(1, n)
     ]
     lease = await state.admission.admit(principal, first, num_choices=n)
-    generations = [Generation(state.redis, state.workers, state.settings, r) for r in requests]
+    generations = [
+        Generation(state.redis, state.workers, state.settings, r, state.presence) for r in requests
+    ]
     accepted: list[ReplyEvent] = []
     try:
         for generation in generations:  # XADDs in order; the workers admit the choices side by side

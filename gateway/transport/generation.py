@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 from gateway.core.config import GatewaySettings
 from gateway.core.errors import OpenAIError
 from gateway.telemetry.request import CLIENT_CLOSED, RequestTelemetry
+from gateway.transport.presence import GatewayPresence
 from gateway.transport.replies import ReplyReader
 from gateway.transport.workers import WorkerRegistry
 from shared import keys
@@ -32,7 +33,12 @@ _FINAL = (ReplyKind.DONE, ReplyKind.ERROR)
 
 class Generation:
     def __init__(
-        self, redis: Redis, registry: WorkerRegistry, settings: GatewaySettings, request: GenerateRequest
+        self,
+        redis: Redis,
+        registry: WorkerRegistry,
+        settings: GatewaySettings,
+        request: GenerateRequest,
+        presence: GatewayPresence | None = None,
     ) -> None:
         # Metrics, spans and the final log line; the worker's spans hang under this request's span.
         self.telemetry = RequestTelemetry(request)
@@ -42,12 +48,17 @@ class Generation:
         self.is_finished = False
         self._redis = redis
         self._registry = registry
+        self._presence = presence  # renews the request's lease while it is not finished
         self._settings = settings
         self._reader = ReplyReader(redis, request.req_id)
         self._reads = RetryPolicy(deadline_s=settings.redis_retry_s)
         self._stream = keys.request_stream(request.model, request.traffic_class)
         self._message_id: str | bytes | None = None
         self._early: list[ReplyEvent] = []  # events read together with the first one
+
+    @property
+    def req_id(self) -> str:
+        return self.request.req_id
 
     def attach(self, message_id: str | bytes) -> None:
         """The request was put on its stream elsewhere (the Batch API records it with the line)."""
@@ -61,7 +72,15 @@ class Generation:
         for ``worker_wait_s`` (503), or when no worker accepts it within ``queue_timeout_s`` (503).
         """
         req = self.request
-        self.attach(await self._redis.xadd(self._stream, {DATA_FIELD: req.model_dump_json()}))
+        if self._presence is None:
+            self.attach(await self._redis.xadd(self._stream, {DATA_FIELD: req.model_dump_json()}))
+        else:  # the lease first: a worker that takes the message finds it
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(keys.request_lease(req.req_id), self._presence.gateway_id, px=keys.LEASE_S * 1000)
+                pipe.xadd(self._stream, {DATA_FIELD: req.model_dump_json()})
+                _, message_id = await pipe.execute()
+            self._presence.serve(self)
+            self.attach(message_id)
         queued_at = time.monotonic()
         no_worker_since: float | None = None
         while True:

@@ -51,6 +51,7 @@ class PreparedRequest:
     traffic_class: str = "interactive"
     traceparent: str | None = None  # the gateway's span, parent of this worker's spans
     constraint: TokenConstraint | None = None  # structured output, compiled here
+    gateway_id: str | None = None  # the gateway reading the reply, if it said
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> RequestError:
@@ -161,4 +162,5 @@ def prepare_request(
         traffic_class=req.traffic_class.value,
         traceparent=req.traceparent,
         constraint=constraint,
+        gateway_id=req.gateway_id,
     )

@@ -31,6 +31,7 @@ from worker.service.control import read_cancels
 from worker.service.engine_loop import AbortCommand, AddCommand, EngineLoop, EngineReport, ServedEngine
 from worker.service.metrics import WorkerMetrics
 from worker.service.prepare import PreparedRequest, RequestError, parse_request, prepare_request, req_id_of
+from worker.service.readers import ReaderWatch, abandoned, has_lease
 from worker.service.replies import ReplyBatch
 from worker.service.reply_writer import ReplyWriter
 from worker.service.resume import ResumeState, take_over
@@ -79,6 +80,7 @@ class WorkerService:
         self._engine_loop = EngineLoop(engine, self._deliver)
         self._writes = RetryPolicy(deadline_s=settings.write_deadline_s)
         self._writer = ReplyWriter(redis, self.worker_id, self._tracker, self._abort, self._writes)
+        self._readers = ReaderWatch(redis, self._cancel)
         self._next_reclaim = 0.0
         self._dead_claim_idle_ms = int(settings.heartbeat_interval_s * 1000)
         self._num_submitted = 0  # handed to the engine thread, not yet admitted or rejected
@@ -261,6 +263,10 @@ class WorkerService:
                 if msg.num_deliveries > self.settings.max_deliveries:
                     raise RequestError(too_many_deliveries(msg.num_deliveries - 1))
                 log.info("resuming %s after %d tokens", req.req_id, len(resume.output_token_ids))
+            if req.gateway_id is not None and not await self._writes.run(
+                lambda: has_lease(self._redis, req.req_id), "lease"
+            ):
+                raise RequestError(abandoned())  # e.g. answered 503 while Redis was out, then restored
             prepared = await asyncio.to_thread(
                 prepare_request, req, self._tokenizer, self._max_model_len, self._vocab_size, self._grammars
             )
@@ -353,7 +359,9 @@ class WorkerService:
             try:
                 await self._heartbeat_once()
                 await self._writer.refresh()
+                await self._readers.check(self._tracker.active.values())
             except REDIS_ERRORS as exc:
+                self._readers.redis_failed()
                 log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
 
     async def _drain(self) -> None:

@@ -37,6 +37,7 @@ class ActiveRequest:
     trace: WorkerRequestTrace
     priority: int = 0  # the engine priority of its traffic class (0 interactive ... 2 batch)
     is_cancelled: bool = False
+    gateway_id: str | None = None  # the gateway reading the reply (``worker.service.readers``)
     unsent_text: str = ""  # a resumed request's text that its first worker did not send: goes out next
 
     def event(self, kind: ReplyKind, **fields: Any) -> ReplyEvent:
@@ -83,6 +84,7 @@ class RequestTracker:
             wants_logprobs=prepared.params.logprobs is not None,
             priority=prepared.priority,
             unsent_text=unsent,
+            gateway_id=prepared.gateway_id,
             trace=WorkerRequestTrace(
                 self._tracer, prepared.traceparent, prepared.req_id, prepared.traffic_class, self.worker_id
             ),

@@ -1,0 +1,129 @@
+"""This gateway's presence in Redis: its liveness key and the leases of the requests it serves.
+
+Workers abort a request nobody reads: the requests of a gateway whose liveness key is gone (it died),
+and, before running one or after an outage, a request whose lease is gone (its gateway gave up on it).
+The key and the leases are renewed from a thread of their own with its own connection, so a busy
+event loop never makes a live gateway look dead; a gateway that dies stops renewing within one beat.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Protocol
+
+import redis
+
+from shared import keys
+from shared.retry import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
+
+_RENEW_LUA = (Path(__file__).parents[1] / "ratelimit" / "renew.lua").read_text()
+
+
+class Served(Protocol):
+    """A request this gateway waits for (a ``Generation``)."""
+
+    @property
+    def req_id(self) -> str: ...
+    @property
+    def is_finished(self) -> bool: ...
+
+
+class HeldSlot(Protocol):
+    """A concurrency slot of an API key (a ``RateLimitLease``)."""
+
+    @property
+    def slot(self) -> tuple[str, str] | None: ...  # (in-flight set key, req_id); None once released
+
+
+class GatewayPresence:
+    def __init__(
+        self,
+        redis_url: str,
+        gateway_id: str,
+        timeout_s: float,
+        beat_s: float = keys.GATEWAY_BEAT_S,
+        ttl_s: float = keys.GATEWAY_TTL_S,
+        renew_s: float = keys.LEASE_RENEW_S,
+        lease_s: float = keys.LEASE_S,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self._redis = redis.Redis.from_url(
+            redis_url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self._renew_slots = self._redis.register_script(_RENEW_LUA)
+        self._beat_s, self._ttl_ms = beat_s, int(ttl_s * 1000)
+        self._renew_s, self._lease_ms = renew_s, int(lease_s * 1000)
+        self._served: weakref.WeakSet[Served] = weakref.WeakSet()
+        self._slots: weakref.WeakSet[HeldSlot] = weakref.WeakSet()
+        self._leased: set[str] = set()  # req_ids whose lease this gateway set and has not deleted
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gateway-presence", daemon=True)
+
+    def serve(self, request: Served) -> None:
+        """Renew ``request``'s lease until it is finished (or forgotten); its lease is set at submit."""
+        with self._lock:
+            self._served.add(request)
+            self._leased.add(request.req_id)
+
+    def hold(self, slot: HeldSlot) -> None:
+        """Renew ``slot`` until it is released."""
+        with self._lock:
+            self._slots.add(slot)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing and remove the liveness key, so workers abort what is left at once."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            self._redis.delete(keys.gateway_key(self.gateway_id))
+        except REDIS_ERRORS as exc:
+            log.warning("could not remove the gateway's liveness key: %s", exc)
+        self._redis.close()
+
+    def _run(self) -> None:
+        next_renewal = 0.0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._beat(renew=started >= next_renewal)
+                if started >= next_renewal:
+                    next_renewal = started + self._renew_s
+            except REDIS_ERRORS as exc:  # tried again next beat; leases are renewed as soon as it works
+                log.warning("gateway presence: Redis unavailable (%s: %s)", type(exc).__name__, exc)
+                next_renewal = 0.0
+            self._stop.wait(max(0.0, self._beat_s - (time.monotonic() - started)))
+
+    def _beat(self, renew: bool) -> None:
+        """Leases of finished requests are deleted first, so a request given up on during an outage is
+        never run once Redis returns; then the liveness key and, every ``renew_s``, the leases."""
+        with self._lock:
+            live = {r.req_id for r in list(self._served) if not r.is_finished}
+            ended = self._leased - live
+            slots = [s.slot for s in list(self._slots)]
+        pipe = self._redis.pipeline(transaction=False)
+        if ended:
+            pipe.delete(*(keys.request_lease(req_id) for req_id in ended))
+        pipe.set(keys.gateway_key(self.gateway_id), "1", px=self._ttl_ms)
+        if renew:
+            for req_id in live:
+                pipe.set(keys.request_lease(req_id), self.gateway_id, px=self._lease_ms)
+            by_set: dict[str, list[str]] = {}
+            for slot in slots:
+                if slot is not None:
+                    by_set.setdefault(slot[0], []).append(slot[1])
+            for inflight, req_ids in by_set.items():
+                self._renew_slots(keys=[inflight], args=[self._lease_ms, *req_ids], client=pipe)
+        pipe.execute()
+        with self._lock:
+            self._leased -= ended

@@ -1,0 +1,75 @@
+"""ReaderWatch against a real Redis: requests whose gateway died, or whose lease lapsed, are cancelled."""
+
+from __future__ import annotations
+
+from unittest.mock import patch
+
+from redis.asyncio import Redis
+
+from shared import keys
+from worker.service.readers import ReaderWatch
+from worker.service.replies import HeldMessage
+from worker.service.tracker import ActiveRequest
+
+
+def active(req_id: str, gateway_id: str | None) -> ActiveRequest:
+    return ActiveRequest(
+        req_id=req_id, message=HeldMessage("s", "0-1"), num_prompt_tokens=1, detokenizer=None,  # type: ignore[arg-type]
+        next_seq=0, num_output_tokens=0, wants_logprobs=False, trace=None, gateway_id=gateway_id,  # type: ignore[arg-type]
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_requests_of_a_gateway_whose_key_is_gone_are_cancelled(redis: Redis) -> None:
+    await redis.set(keys.gateway_key("alive"), "1", ex=60)
+    cancelled: list[str] = []
+    clock = Clock()
+    with patch("worker.service.readers.time.monotonic", clock):
+        watch = ReaderWatch(redis, cancelled.append, gateway_ttl_s=1.5)
+        clock.now += 2
+        requests = [active("a", "alive"), active("d1", "dead"), active("d2", "dead"), active("batch", None)]
+        await watch.check(requests)
+    assert sorted(cancelled) == ["d1", "d2"]
+
+
+async def test_a_request_another_live_gateway_took_over_is_kept_and_follows_it(redis: Redis) -> None:
+    await redis.set(keys.gateway_key("second"), "1", ex=60)
+    await redis.set(keys.request_lease("moved"), "second", ex=60)  # a client resumed its stream there
+    await redis.set(keys.request_lease("stale"), "gone-too", ex=60)
+    cancelled: list[str] = []
+    clock = Clock()
+    with patch("worker.service.readers.time.monotonic", clock):
+        watch = ReaderWatch(redis, cancelled.append, gateway_ttl_s=1.5)
+        clock.now += 2
+        moved = active("moved", "first")
+        await watch.check([moved, active("stale", "first")])
+    assert cancelled == ["stale"] and moved.gateway_id == "second"
+
+
+async def test_after_an_outage_gateways_get_a_grace_period_then_leases_are_checked_once(redis: Redis) -> None:
+    await redis.set(keys.request_lease("wanted"), "gw", ex=60)
+    cancelled: list[str] = []
+    clock = Clock()
+    requests = [active("wanted", "gw"), active("given-up", "gw")]
+    with patch("worker.service.readers.time.monotonic", clock):
+        watch = ReaderWatch(redis, cancelled.append, gateway_ttl_s=1.5)
+        watch.redis_failed()
+        await watch.check(requests)  # Redis is back; the gateway has not renewed its key yet
+        clock.now += 1.0
+        await watch.check(requests)
+        assert cancelled == []
+        await redis.set(keys.gateway_key("gw"), "1", ex=60)
+        clock.now += 1.0
+        await watch.check(requests)
+        assert cancelled == ["given-up"]  # its gateway answered it with an error while Redis was out
+        await redis.delete(keys.request_lease("wanted"))
+        clock.now += 1.0
+        await watch.check(requests[:1])  # leases are read only after an outage, not every beat
+    assert cancelled == ["given-up"]

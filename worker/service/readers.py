@@ -1,0 +1,106 @@
+"""Whether anybody still reads a request's reply: work for a client that is gone is aborted.
+
+A client that leaves a live gateway is handled by its cancel. This covers what a cancel cannot: a
+gateway that died (its liveness key expired: every request it served is aborted within about
+``GATEWAY_TTL_S`` plus one heartbeat), and a gateway that gave up on a request while Redis was out of
+reach (the request's lease is gone: checked before a request runs and once after an outage).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.messages import ErrorInfo
+from worker.service.tracker import ActiveRequest
+
+log = logging.getLogger(__name__)
+
+
+def abandoned() -> ErrorInfo:
+    return ErrorInfo(
+        status=503,
+        message="the gateway stopped waiting for this request before it could run; send it again",
+        type="server_error",
+        code="request_abandoned",
+    )
+
+
+async def has_lease(redis: Redis, req_id: str) -> bool:
+    return bool(await redis.exists(keys.request_lease(req_id)))
+
+
+class ReaderWatch:
+    """Run once per heartbeat: cancels the active requests whose reader is gone."""
+
+    def __init__(
+        self, redis: Redis, cancel: Callable[[str], None], gateway_ttl_s: float = keys.GATEWAY_TTL_S
+    ) -> None:
+        self._redis = redis
+        self._cancel = cancel
+        self._gateway_ttl_s = gateway_ttl_s
+        self._reachable_since = time.monotonic()
+        self._check_leases = False
+
+    def redis_failed(self) -> None:
+        """Redis could not be reached: gateways' keys may lapse meanwhile, and leases may be dropped."""
+        self._reachable_since = float("inf")
+        self._check_leases = True
+
+    async def check(self, active: Iterable[ActiveRequest]) -> None:
+        now = time.monotonic()
+        if self._reachable_since == float("inf"):
+            self._reachable_since = now
+        # Just back from an outage: gateways renew their keys within a beat of Redis returning.
+        if now - self._reachable_since < self._gateway_ttl_s:
+            return
+        watched = [r for r in active if r.gateway_id is not None and not r.is_cancelled]
+        if not watched:
+            self._check_leases = False
+            return
+        gateways = sorted({r.gateway_id for r in watched if r.gateway_id is not None})
+        pipe = self._redis.pipeline(transaction=False)
+        for gateway_id in gateways:
+            pipe.exists(keys.gateway_key(gateway_id))
+        check_leases = self._check_leases
+        if check_leases:
+            for r in watched:
+                pipe.exists(keys.request_lease(r.req_id))
+        found: list[Any] = await pipe.execute()
+        gone = {g for g, alive in zip(gateways, found, strict=False) if not alive}
+        leases = found[len(gateways):] if check_leases else [1] * len(watched)
+        self._check_leases = False
+        adopted = await self._adopted([r for r in watched if r.gateway_id in gone])
+        orphans: list[str] = []
+        for r, has_lease in zip(watched, leases, strict=True):
+            if r.req_id in adopted:
+                r.gateway_id = adopted[r.req_id]
+            elif r.gateway_id in gone or not has_lease:
+                orphans.append(r.req_id)
+        for req_id in orphans:
+            self._cancel(req_id)
+        if orphans:
+            log.warning("aborted %d requests nobody reads (gateways gone: %s)", len(orphans), sorted(gone))
+
+    async def _adopted(self, requests: list[ActiveRequest]) -> dict[str, str]:
+        """Of requests whose gateway is gone, those another live gateway now serves (a client resumed
+        its stream there: that gateway holds the request's lease), with that gateway's id."""
+        if not requests:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for r in requests:
+            pipe.get(keys.request_lease(r.req_id))
+        holders: list[Any] = await pipe.execute()
+        names = sorted({h for r, h in zip(requests, holders, strict=True) if h and h != r.gateway_id})
+        if not names:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(keys.gateway_key(name))
+        alive = {n for n, ok in zip(names, await pipe.execute(), strict=True) if ok}
+        return {r.req_id: h for r, h in zip(requests, holders, strict=True) if h in alive}
