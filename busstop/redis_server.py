@@ -45,7 +45,7 @@ class RedisServer:
     """A redis-server child process on loopback; ``url`` is ready once the context is entered."""
 
     def __init__(
-        self, port: int | None = None, data_dir: str | None = None, appendonly: bool = False
+        self, port: int | None = None, data_dir: str | None = None, appendonly: bool = True
     ) -> None:
         self.port = port or free_port()
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="busstop-redis-")
@@ -64,7 +64,9 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--dir", self.data_dir,
             "--save", "",
+            # Every write is logged and fsynced once a second: a crash loses at most the last second.
             "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
         ]
         # Own session: a Ctrl-C meant for `busstop up` must not kill Redis before the worker has finished.
         self.process = subprocess.Popen(
@@ -100,6 +102,12 @@ class RedisServer:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (as a crash would), keeping its data directory for a ``start()`` again."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def __enter__(self) -> RedisServer:
         return self.start()

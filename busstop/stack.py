@@ -49,12 +49,17 @@ class LocalStack:
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         num_workers: int = 1,
+        redis_dir: str | None = None,
     ) -> None:
         if num_workers < 1:
             raise ValueError("num_workers must be >= 1")
         self.host = host
         self.port = port or free_port(host)
-        self.redis = RedisServer(port=redis_port)
+        # Redis keeps an append-only file there (a temporary directory if None), so a restart keeps
+        # accepted requests, Batch jobs and files' records.
+        if redis_dir is not None:
+            Path(redis_dir).mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(port=redis_port, data_dir=redis_dir)
         self._env = dict(env or {})
         # A keys file given by the user is served as it is; otherwise two dev keys, public and internal.
         self.keys_file: str | None = self._env.get("BUSSTOP_KEYS_FILE") or os.environ.get("BUSSTOP_KEYS_FILE")
@@ -69,6 +74,7 @@ class LocalStack:
         self._log_dir = log_dir
         self._num_workers = num_workers
         self.gateway: subprocess.Popen[bytes] | None = None
+        self.gateways: list[subprocess.Popen[bytes]] = []  # more replicas, from ``start_gateway``
         self.workers: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
 
@@ -106,6 +112,13 @@ class LocalStack:
         self.workers.append(worker)
         return worker
 
+    def start_gateway(self, port: int) -> subprocess.Popen[bytes]:
+        """One more gateway replica on ``port``, on the same Redis, keys and models."""
+        name = f"gateway-{len(self.gateways) + 1}"
+        gateway = self._spawn(name, _gateway_args(self.host, port), self.child_env())
+        self.gateways.append(gateway)
+        return gateway
+
     def start(self, timeout_s: float = 120.0) -> LocalStack:
         if self.gateway is not None or self.workers:
             raise StackError("the stack is already started")
@@ -113,20 +126,7 @@ class LocalStack:
             self.redis.start()
             for _ in range(self._num_workers):  # they load the model side by side
                 self.start_worker()
-            self.gateway = self._spawn(
-                "gateway",
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "gateway.main:app",
-                    "--host",
-                    self.host,
-                    "--port",
-                    str(self.port),
-                ],
-                self.child_env(),
-            )
+            self.gateway = self._spawn("gateway", _gateway_args(self.host, self.port), self.child_env())
             self.wait_ready(timeout_s)
         except BaseException:
             self.stop()
@@ -150,8 +150,9 @@ class LocalStack:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Gateway first, then workers (they finish running requests), then Redis."""
-        if self.gateway is not None:
-            _terminate(self.gateway, timeout_s)
+        for gateway in (self.gateway, *self.gateways):
+            if gateway is not None:
+                _terminate(gateway, timeout_s)
         for worker in self.workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
@@ -172,6 +173,10 @@ class LocalStack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _gateway_args(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "gateway.main:app", "--host", host, "--port", str(port)]
 
 
 def write_dev_keys(directory: Path, public_key: str, internal_key: str) -> str:
@@ -210,6 +215,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=_env_int("BUSSTOP_PORT", 8000),
                         help="the gateway's port (BUSSTOP_PORT; default %(default)s)")
     parser.add_argument("--redis-port", type=int, default=None, help="Redis port (default: a free one)")
+    parser.add_argument("--redis-dir", default=env("BUSSTOP_REDIS_DIR", "data/redis"),
+                        help="Redis's append-only file, kept across restarts (BUSSTOP_REDIS_DIR; "
+                             "default %(default)s)")
     parser.add_argument("--host", default=env("BUSSTOP_HOST", "127.0.0.1"),
                         help="the gateway's address (BUSSTOP_HOST; default %(default)s)")
     parser.add_argument("--workers", type=int, default=_env_int("BUSSTOP_WORKERS", 1),
@@ -262,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
 
     env = worker_env(args)  # ValueError: one line, nothing started
     stack = LocalStack(
-        port=args.port, redis_port=args.redis_port, host=args.host, env=env, num_workers=args.workers
+        port=args.port, redis_port=args.redis_port, host=args.host, env=env, num_workers=args.workers,
+        redis_dir=args.redis_dir,
     )
     if not stack.api_key:
         describe_keys(str(stack.keys_file))  # a bad keys file is one line, before anything starts

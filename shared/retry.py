@@ -57,6 +57,11 @@ class RetryPolicy:
         if self.deadline_s < 0:
             raise ValueError("deadline_s must be >= 0")
 
+    @staticmethod
+    def is_worth_logging(attempt: int) -> bool:
+        """The 1st, 2nd, 4th, 8th, ... failure in a row: an outage logs a few lines, not one per retry."""
+        return attempt & (attempt - 1) == 0
+
     def delay_s(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
         return random.uniform(0.0, min(self.cap_s, self.base_s * 2 ** min(attempt, 30)))
@@ -80,8 +85,9 @@ class RetryPolicy:
                 await asyncio.sleep(delay)
 
 
-# Loops that must outlive any outage (intake, control, heartbeat) retry forever.
-FOREVER = RetryPolicy(deadline_s=math.inf)
+# Loops that must outlive any outage (intake, control, heartbeat) retry forever, at least every
+# quarter second, so a worker serves again within that of Redis returning.
+FOREVER = RetryPolicy(cap_s=0.25, deadline_s=math.inf)
 
 
 def connect(url: str, timeout_s: float, max_block_s: float = 0.0) -> Redis:

@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server process for the whole test session."""
-    with RedisServer() as server:
+    with RedisServer(appendonly=False) as server:
         yield server
 
 

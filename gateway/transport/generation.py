@@ -29,6 +29,9 @@ from shared.retry import RetryPolicy
 logger = logging.getLogger(__name__)
 
 _FINAL = (ReplyKind.DONE, ReplyKind.ERROR)
+# Silence this long makes the gateway ask Redis whether the request still exists at all (a Redis
+# restart that lost its last writes may have lost it): one round trip, then an answer, not a hang.
+LOST_CHECK_S = 3.0
 
 
 class Generation:
@@ -83,6 +86,7 @@ class Generation:
             self.attach(message_id)
         queued_at = time.monotonic()
         no_worker_since: float | None = None
+        next_lost_check = queued_at + LOST_CHECK_S
         while True:
             events = await self._read()
             if events:
@@ -97,6 +101,11 @@ class Generation:
                 self._note(first)
                 return first
             now = time.monotonic()
+            if now >= next_lost_check:
+                next_lost_check = now + LOST_CHECK_S
+                if await self._is_lost(is_accepted=False):
+                    self.is_finished = True
+                    raise lost_request()
             if (await self._registry.live()).has_model(req.model):
                 no_worker_since = None
             elif no_worker_since is None:
@@ -124,16 +133,22 @@ class Generation:
             batch, self._early = self._early, []
             self._note_all(batch)
             yield batch
-        last_event_at = time.monotonic()
+        last_event_at = next_lost_check = time.monotonic()
         while not self.is_finished:
             batch = await self._read()
             if is_disconnected is not None and await is_disconnected():
                 await self.cancel()
                 return
             if batch:
-                last_event_at = time.monotonic()
+                last_event_at = next_lost_check = time.monotonic()
                 self._note_all(batch)
                 yield batch
+            elif time.monotonic() - next_lost_check >= LOST_CHECK_S:
+                next_lost_check = time.monotonic()
+                if await self._reads.run(lambda: self._is_lost(is_accepted=True), "lost check"):
+                    self.telemetry.finish(503)
+                    self.is_finished = True
+                    raise lost_request()
             elif time.monotonic() - last_event_at >= self._settings.reply_idle_timeout_s:
                 self.telemetry.finish(504)
                 await self.cancel()
@@ -177,6 +192,17 @@ class Generation:
             pipe.expire(stream, keys.CONTROL_TTL_S)
             await pipe.execute()
 
+    async def _is_lost(self, is_accepted: bool) -> bool:
+        """Whether Redis no longer has the request: neither its reply stream nor (before a worker took
+        it) its message. Both are kept while it runs, so only a Redis that lost data says True."""
+        if self._message_id is None:
+            return False
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.exists(self._reader.stream)
+        pipe.xrange(self._stream, self._message_id, self._message_id)
+        has_reply, message = await pipe.execute()
+        return not has_reply and (is_accepted or not message)
+
     async def withdraw(self) -> bool:
         """Delete the request message; True if no worker had taken it (so none ever will)."""
         msg_id = self._message_id
@@ -216,6 +242,12 @@ def error_of(event: ReplyEvent) -> OpenAIError:
     if event.error is None:
         return OpenAIError(502, "the worker failed the request without saying why", type="server_error")
     return OpenAIError.from_info(event.error)
+
+
+def lost_request() -> OpenAIError:
+    return OpenAIError(
+        503, "the request was lost in a Redis failover or restart; send it again", code="request_lost"
+    )
 
 
 def no_live_worker(model: str) -> OpenAIError:

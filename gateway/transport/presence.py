@@ -18,7 +18,7 @@ from typing import Protocol
 import redis
 
 from shared import keys
-from shared.retry import REDIS_ERRORS
+from shared.retry import FOREVER, REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,18 @@ class GatewayPresence:
 
     def _run(self) -> None:
         next_renewal = 0.0
+        failures = 0
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 self._beat(renew=started >= next_renewal)
                 if started >= next_renewal:
                     next_renewal = started + self._renew_s
+                failures = 0
             except REDIS_ERRORS as exc:  # tried again next beat; leases are renewed as soon as it works
-                log.warning("gateway presence: Redis unavailable (%s: %s)", type(exc).__name__, exc)
+                if FOREVER.is_worth_logging(failures):
+                    log.warning("gateway presence: Redis unavailable (%s: %s)", type(exc).__name__, exc)
+                failures += 1
                 next_renewal = 0.0
             self._stop.wait(max(0.0, self._beat_s - (time.monotonic() - started)))
 

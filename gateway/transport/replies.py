@@ -20,13 +20,13 @@ READ_COUNT = 1024
 class ReplyReader:
     def __init__(self, redis: Redis, req_id: str) -> None:
         self._redis = redis
-        self._stream = keys.reply_stream(req_id)
+        self.stream = keys.reply_stream(req_id)
         self._last_id = "0-0"
         self._next_seq = 0
 
     async def read(self, block_ms: int | None) -> list[ReplyEvent]:
         """The events after the last one returned; waits up to ``block_ms`` (None: not at all) for one."""
-        found: Any = await self._redis.xread({self._stream: self._last_id}, count=READ_COUNT, block=block_ms)
+        found: Any = await self._redis.xread({self.stream: self._last_id}, count=READ_COUNT, block=block_ms)
         events: list[ReplyEvent] = []
         for _stream, entries in found or ():
             for entry_id, fields in entries:
@@ -34,12 +34,12 @@ class ReplyReader:
                 try:
                     event = decode(ReplyEvent, fields)
                 except MessageError as exc:  # the client is told instead of left waiting
-                    logger.error("reply %s: %s", self._stream, exc)
+                    logger.error("reply %s: %s", self.stream, exc)
                     event = _unreadable(self._next_seq)
                 if event.seq < self._next_seq:  # written again by a worker that resumed the request
                     continue
                 if event.seq > self._next_seq:
-                    logger.warning("reply %s: seq %d follows %d", self._stream, event.seq, self._next_seq - 1)
+                    logger.warning("reply %s: seq %d follows %d", self.stream, event.seq, self._next_seq - 1)
                 self._next_seq = event.seq + 1
                 events.append(event)
         return events

@@ -42,7 +42,8 @@ async def read_cancels(
             reply: Any = await redis.xread({stream: last_id}, count=100, block=block_ms)
             attempt = 0
         except REDIS_ERRORS as exc:
-            log.warning("control: Redis unavailable (%s: %s); retrying", type(exc).__name__, exc)
+            if FOREVER.is_worth_logging(attempt):
+                log.warning("control: Redis unavailable (%s: %s); retrying", type(exc).__name__, exc)
             await asyncio.sleep(FOREVER.delay_s(attempt))
             attempt += 1
             continue

@@ -190,7 +190,8 @@ class WorkerService:
                 log.warning("request streams were deleted; creating them again")
                 await FOREVER.run(lambda: intake.ensure_groups(self._redis, self.model_name), "intake")
             except REDIS_ERRORS as exc:
-                log.warning("intake: Redis unavailable (%s: %s); retrying", type(exc).__name__, exc)
+                if FOREVER.is_worth_logging(attempt):
+                    log.warning("intake: Redis unavailable (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(FOREVER.delay_s(attempt))
                 attempt += 1
 
