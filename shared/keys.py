@@ -84,7 +84,7 @@ RECLAIM_MIN_IDLE_MS = 30_000
 # Gateways: each replica keeps a liveness key (GATEWAY_TTL_S, renewed every GATEWAY_BEAT_S from its
 # own thread). Workers abort the requests of a gateway whose key is gone: nobody reads their replies.
 GATEWAY_BEAT_S = 0.25
-GATEWAY_TTL_S = 1.5
+GATEWAY_TTL_S = 1.0
 
 
 def gateway_key(gateway_id: str) -> str:
@@ -105,8 +105,8 @@ def request_lease(req_id: str) -> str:
 
 # Rate limits (gateway/ratelimit): per API key, a request bucket and a token bucket (hashes that
 # expire once they would be full again) and a sorted set of in-flight req_ids scored by lease expiry
-# (LEASE_S, renewed with the request's lease).
-RATELIMIT_LEASE_S = LEASE_S
+# (renewed with the request's lease, so a dead gateway's slots free themselves within this).
+RATELIMIT_LEASE_S = 6
 
 
 def ratelimit_key(key_id: str, kind: str) -> str:

@@ -51,6 +51,7 @@ class GatewayPresence:
         ttl_s: float = keys.GATEWAY_TTL_S,
         renew_s: float = keys.LEASE_RENEW_S,
         lease_s: float = keys.LEASE_S,
+        slot_lease_s: float = keys.RATELIMIT_LEASE_S,
     ) -> None:
         self.gateway_id = gateway_id
         self._redis = redis.Redis.from_url(
@@ -59,6 +60,7 @@ class GatewayPresence:
         self._renew_slots = self._redis.register_script(_RENEW_LUA)
         self._beat_s, self._ttl_ms = beat_s, int(ttl_s * 1000)
         self._renew_s, self._lease_ms = renew_s, int(lease_s * 1000)
+        self._slot_lease_ms = int(slot_lease_s * 1000)
         self._served: weakref.WeakSet[Served] = weakref.WeakSet()
         self._slots: weakref.WeakSet[HeldSlot] = weakref.WeakSet()
         self._leased: set[str] = set()  # req_ids whose lease this gateway set and has not deleted
@@ -127,7 +129,7 @@ class GatewayPresence:
                 if slot is not None:
                     by_set.setdefault(slot[0], []).append(slot[1])
             for inflight, req_ids in by_set.items():
-                self._renew_slots(keys=[inflight], args=[self._lease_ms, *req_ids], client=pipe)
+                self._renew_slots(keys=[inflight], args=[self._slot_lease_ms, *req_ids], client=pipe)
         pipe.execute()
         with self._lock:
             self._leased -= ended

@@ -18,6 +18,8 @@ from shared.messages import DATA_FIELD, MessageError, TrafficClass, WorkerHeartb
 
 logger = logging.getLogger(__name__)
 
+WAIT_POLL_S = 0.1
+
 
 @dataclass(frozen=True)
 class LiveWorkers:
@@ -75,12 +77,13 @@ class WorkerRegistry:
         """True once ``model`` has a live worker; False if none appears within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:
-            if (await self.live()).has_model(model):
+            # Fresher readings while waiting: a worker back from an outage is used within WAIT_POLL_S.
+            if (await self.live(max_age_s=WAIT_POLL_S)).has_model(model):
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            await asyncio.sleep(min(self._refresh_s, remaining))
+            await asyncio.sleep(min(WAIT_POLL_S, remaining))
 
     async def has_request_streams(self, model: str) -> bool:
         """Whether workers of ``model`` ever registered (their consumer group's streams exist)."""

@@ -89,7 +89,9 @@ class FakeWorker:
             time=time.time(),
         )
         await self.redis.set(
-            keys.worker_key(self.model, self.worker_id), beat.model_dump_json(), px=int(keys.HEARTBEAT_TTL_S * 1000)
+            keys.worker_key(self.model, self.worker_id),
+            beat.model_dump_json(),
+            px=int(keys.HEARTBEAT_TTL_S * 1000),
         )
 
     async def _run(self) -> None:

@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from shared import keys
 from shared.messages import ReplyEvent
 
 _WRITE_LUA = (Path(__file__).parent / "reply_write.lua").read_text()
+_WRITE_SHA = hashlib.sha1(_WRITE_LUA.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -71,17 +74,23 @@ class ReplyBatch:
         finished = {req_id for req_id, _ in self.finals if req_id is not None}
         for req_id in finished:
             by_request.setdefault(req_id, [])  # renews the owner and shortens the stream's life
-        script = redis.register_script(_WRITE_LUA)
-        pipe = redis.pipeline(transaction=False)
-        for req_id, why in self.poisoned:
-            pipe.set(keys.poison_key(req_id), why, ex=keys.POISON_TTL_S)
-        for req_id, events in by_request.items():
-            ttl = keys.REPLY_DONE_TTL_S if req_id in finished else keys.REPLY_TTL_S
-            await script(
-                keys=[keys.reply_stream(req_id), keys.owner_key(req_id)], args=[worker_id, ttl, *events],
-                client=pipe,
-            )
-        written: list[Any] = (await pipe.execute())[len(self.poisoned):]
+        def queued() -> Any:
+            pipe = redis.pipeline(transaction=False)
+            for req_id, why in self.poisoned:
+                pipe.set(keys.poison_key(req_id), why, ex=keys.POISON_TTL_S)
+            for req_id, events in by_request.items():
+                ttl = keys.REPLY_DONE_TTL_S if req_id in finished else keys.REPLY_TTL_S
+                # EVALSHA straight away: redis-py's Script would ask SCRIPT EXISTS before each pipeline.
+                stream, owner = keys.reply_stream(req_id), keys.owner_key(req_id)
+                pipe.evalsha(_WRITE_SHA, 2, stream, owner, worker_id, ttl, *events)
+            return pipe
+
+        try:
+            results: list[Any] = await queued().execute()
+        except NoScriptError:  # a new or restarted Redis: load it, then run the (idempotent) batch again
+            await redis.script_load(_WRITE_LUA)
+            results = await queued().execute()
+        written = results[len(self.poisoned):]
         fenced = {req_id for req_id, ok in zip(by_request, written, strict=True) if not ok}
         acks = [message for req_id, message in self.finals if req_id not in fenced]
         if acks:

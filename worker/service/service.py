@@ -355,15 +355,20 @@ class WorkerService:
         await self._redis.set(key, beat.model_dump_json(), px=int(self.settings.heartbeat_ttl_s * 1000))
 
     async def _heartbeat_loop(self) -> None:
+        failures = 0
         while not self._closing.is_set():
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            # After a failure, sooner: gateways route to this worker again as soon as its key is back.
+            await asyncio.sleep(FOREVER.delay_s(failures) if failures else self.settings.heartbeat_interval_s)
             try:
                 await self._heartbeat_once()
                 await self._writer.refresh()
                 await self._readers.check(self._tracker.active.values())
+                failures = 0
             except REDIS_ERRORS as exc:
                 self._readers.redis_failed()
-                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+                if FOREVER.is_worth_logging(failures):
+                    log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
+                failures += 1
 
     async def _drain(self) -> None:
         """Let running requests finish within the grace period; leave the rest pending for others."""
