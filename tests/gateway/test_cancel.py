@@ -54,7 +54,7 @@ async def test_a_request_no_worker_accepts_is_withdrawn(redis_url: str) -> None:
     deletes the message, so no worker serves it later for a client that is gone."""
     redis = Redis.from_url(redis_url, decode_responses=True)
     beat = WorkerHeartbeat(worker_id="busy", model="tiny", max_model_len=64)
-    await redis.set(keys.worker_key("tiny", "busy"), beat.model_dump_json(), px=60_000)
+    await redis.set(keys.worker_key("tiny", "busy"), beat.model_dump_json(), px=10_000)
     app = create_app(make_settings(redis_url, queue_timeout_s=0.3))
     body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}
     try:
