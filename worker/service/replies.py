@@ -82,7 +82,8 @@ class ReplyBatch:
                 ttl = keys.REPLY_DONE_TTL_S if req_id in finished else keys.REPLY_TTL_S
                 # EVALSHA straight away: redis-py's Script would ask SCRIPT EXISTS before each pipeline.
                 stream, owner = keys.reply_stream(req_id), keys.owner_key(req_id)
-                pipe.evalsha(_WRITE_SHA, 2, stream, owner, worker_id, ttl, *events)
+                is_final = "1" if req_id in finished else "0"
+                pipe.evalsha(_WRITE_SHA, 2, stream, owner, worker_id, ttl, is_final, *events)
             return pipe
 
         try:
