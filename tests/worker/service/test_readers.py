@@ -27,30 +27,30 @@ class Clock:
         return self.now
 
 
-async def test_requests_of_a_gateway_whose_key_is_gone_are_cancelled(redis: Redis) -> None:
-    await redis.set(keys.gateway_key("alive"), "1", ex=60)
+async def cancelled_by_one_check(redis: Redis, requests: list[ActiveRequest]) -> list[str]:
+    """What one check, long after the watch started, cancels of ``requests``."""
     cancelled: list[str] = []
     clock = Clock()
     with patch("worker.service.readers.time.monotonic", clock):
         watch = ReaderWatch(redis, cancelled.append, gateway_ttl_s=1.5)
         clock.now += 2
-        requests = [active("a", "alive"), active("d1", "dead"), active("d2", "dead"), active("batch", None)]
         await watch.check(requests)
-    assert sorted(cancelled) == ["d1", "d2"]
+    return cancelled
+
+
+async def test_requests_of_a_gateway_whose_key_is_gone_are_cancelled(redis: Redis) -> None:
+    await redis.set(keys.gateway_key("alive"), "1", ex=60)
+    requests = [active("a", "alive"), active("d1", "dead"), active("d2", "dead"), active("batch", None)]
+    assert sorted(await cancelled_by_one_check(redis, requests)) == ["d1", "d2"]
 
 
 async def test_a_request_another_live_gateway_took_over_is_kept_and_follows_it(redis: Redis) -> None:
     await redis.set(keys.gateway_key("second"), "1", ex=60)
     await redis.set(keys.request_lease("moved"), "second", ex=60)  # a client resumed its stream there
     await redis.set(keys.request_lease("stale"), "gone-too", ex=60)
-    cancelled: list[str] = []
-    clock = Clock()
-    with patch("worker.service.readers.time.monotonic", clock):
-        watch = ReaderWatch(redis, cancelled.append, gateway_ttl_s=1.5)
-        clock.now += 2
-        moved = active("moved", "first")
-        await watch.check([moved, active("stale", "first")])
-    assert cancelled == ["stale"] and moved.gateway_id == "second"
+    moved = active("moved", "first")
+    assert await cancelled_by_one_check(redis, [moved, active("stale", "first")]) == ["stale"]
+    assert moved.gateway_id == "second"
 
 
 async def test_after_an_outage_gateways_get_a_grace_period_then_leases_are_checked_once(redis: Redis) -> None:
