@@ -64,7 +64,7 @@ def control_stream(worker_id: str) -> str:
 # every HEARTBEAT_INTERVAL_S. A worker whose key is gone is dead: live workers claim its pending
 # messages at once, so a dead worker's clients wait about HEARTBEAT_TTL_S for their next token.
 HEARTBEAT_INTERVAL_S = 0.5
-HEARTBEAT_TTL_S = 1.5
+HEARTBEAT_TTL_S = 2.5
 
 
 def worker_key(model: str, worker_id: str) -> str:
