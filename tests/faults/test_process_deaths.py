@@ -25,7 +25,8 @@ from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk, runnin
 
 NUM_TOKENS = 160
 PROMPT = "Write a long poem about rivers, in English, then say it again in Japanese."
-MAX_STALL_S = 3.0
+# The heartbeat TTL, then at most one beat until a live worker claims the request, then its prefill.
+MAX_STALL_S = keys.HEARTBEAT_TTL_S + 2 * keys.HEARTBEAT_INTERVAL_S
 
 
 @pytest.fixture(scope="module")
