@@ -45,16 +45,6 @@ class ReplyBatch:
         """Ack ``message`` once the events before are written; ``None`` for a message without a reply."""
         self.finals.append((req_id, message))
 
-    def without(self, req_ids: set[str]) -> ReplyBatch:
-        """This batch less everything for ``req_ids``."""
-        if not req_ids:
-            return self
-        return ReplyBatch(
-            [(r, e) for r, e in self.events if r not in req_ids],
-            [(r, m) for r, m in self.finals if r not in req_ids],
-            [(r, why) for r, why in self.poisoned if r not in req_ids],
-        )
-
     def __bool__(self) -> bool:
         return bool(self.events or self.finals)
 
