@@ -61,10 +61,10 @@ def control_stream(worker_id: str) -> str:
 
 
 # Heartbeats: a WorkerHeartbeat JSON under a key that lives HEARTBEAT_TTL_S; workers refresh it
-# every HEARTBEAT_INTERVAL_S. A worker whose key is gone is dead: live workers claim its pending
+# every HEARTBEAT_INTERVAL_S from a thread of their own (``worker/service/beat.py``). A worker whose key is gone is dead: live workers claim its pending
 # messages at once, so a dead worker's clients wait about HEARTBEAT_TTL_S for their next token.
 HEARTBEAT_INTERVAL_S = 0.5
-HEARTBEAT_TTL_S = 2.5
+HEARTBEAT_TTL_S = 1.5
 
 
 def worker_key(model: str, worker_id: str) -> str:

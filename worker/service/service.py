@@ -27,6 +27,7 @@ from shared.messages import (
 )
 from shared.retry import FOREVER, REDIS_ERRORS, RetryPolicy
 from worker.service import intake
+from worker.service.beat import HeartbeatThread
 from worker.service.control import read_cancels
 from worker.service.engine_loop import AbortCommand, AddCommand, EngineLoop, EngineReport, ServedEngine
 from worker.service.metrics import WorkerMetrics
@@ -81,6 +82,15 @@ class WorkerService:
         self._writes = RetryPolicy(deadline_s=settings.write_deadline_s)
         self._writer = ReplyWriter(redis, self.worker_id, self._tracker, self._abort, self._writes)
         self._readers = ReaderWatch(redis, self._cancel)
+        self._beat = HeartbeatThread(
+            settings.redis_url,
+            keys.worker_key(model_name, self.worker_id),
+            self._heartbeat,
+            settings.heartbeat_interval_s,
+            settings.heartbeat_ttl_s,
+            settings.loop_stall_s,
+            settings.redis_timeout_s,
+        )
         self._next_reclaim = 0.0
         self._dead_claim_idle_ms = int(settings.heartbeat_interval_s * 1000)
         self._num_submitted = 0  # handed to the engine thread, not yet admitted or rejected
@@ -108,6 +118,7 @@ class WorkerService:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._register()
+        self._beat.start()
         self._engine_loop.start()
         replies = asyncio.create_task(self._reply_loop(), name="replies")
         background = [
@@ -132,6 +143,7 @@ class WorkerService:
             for task in background:
                 task.cancel()
             await asyncio.wait(background, timeout=CLOSE_TIMEOUT_S)
+            await asyncio.to_thread(self._beat.stop)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._redis.delete(
                     keys.worker_key(self.model_name, self.worker_id), keys.control_stream(self.worker_id)
@@ -149,7 +161,7 @@ class WorkerService:
     async def _register(self) -> None:
         """Create the consumer groups and announce this worker; waits for Redis if it is not up yet."""
         await FOREVER.run(lambda: intake.ensure_groups(self._redis, self.model_name), "register")
-        await FOREVER.run(self._heartbeat_once, "register")
+        await FOREVER.run(lambda: asyncio.to_thread(self._beat.beat_once), "register")
 
     # --- intake -------------------------------------------------------------------------------------
 
@@ -334,11 +346,11 @@ class WorkerService:
 
     # --- heartbeat and shutdown ---------------------------------------------------------------------
 
-    async def _heartbeat_once(self) -> None:
+    def _heartbeat(self) -> WorkerHeartbeat:  # heartbeat thread
         load = self._engine_loop.stats
         now, (then, num_then) = time.monotonic(), self._rate_mark
         self._rate_mark = (now, self._num_output_tokens)
-        beat = WorkerHeartbeat(
+        return WorkerHeartbeat(
             worker_id=self.worker_id,
             model=self.model_name,
             max_model_len=self._max_model_len,
@@ -351,16 +363,15 @@ class WorkerService:
             tokens_per_s=round((self._num_output_tokens - num_then) / max(now - then, 1e-3), 1),
             time=time.time(),
         )
-        key = keys.worker_key(self.model_name, self.worker_id)
-        await self._redis.set(key, beat.model_dump_json(), px=int(self.settings.heartbeat_ttl_s * 1000))
 
     async def _heartbeat_loop(self) -> None:
+        """The loop's side of the heartbeat: proves the loop alive to the beat thread, refreshes the
+        held messages' idle time and checks that someone still reads each request."""
         failures = 0
         while not self._closing.is_set():
-            # After a failure, sooner: gateways route to this worker again as soon as its key is back.
             await asyncio.sleep(FOREVER.delay_s(failures) if failures else self.settings.heartbeat_interval_s)
+            self._beat.loop_ticked()
             try:
-                await self._heartbeat_once()
                 await self._writer.refresh()
                 await self._readers.check(self._tracker.active.values())
                 failures = 0

@@ -19,7 +19,7 @@ def default_worker_id() -> str:
 
 
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BUSSTOP_WORKER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="BUSSTOP_WORKER_", extra="ignore", populate_by_name=True)
 
     # Shared with the gateway, so BUSSTOP_REDIS_URL works for both.
     redis_url: str = Field(
@@ -29,6 +29,9 @@ class WorkerSettings(BaseSettings):
     worker_id: str = Field(default_factory=default_worker_id)
     heartbeat_interval_s: float = keys.HEARTBEAT_INTERVAL_S
     heartbeat_ttl_s: float = keys.HEARTBEAT_TTL_S
+    # The heartbeat thread stops beating when the event loop has not ticked for this long, so a hung
+    # worker's requests go to live workers.
+    loop_stall_s: float = Field(default=30.0, gt=0)
     # A pending message idle this long belongs to a dead worker and is reclaimed.
     reclaim_min_idle_ms: int = keys.RECLAIM_MIN_IDLE_MS
     # A request whose workers died this many times is failed (500) instead of reclaimed again, so
