@@ -1,105 +1,111 @@
-"""Faults on real processes: a worker or a gateway killed mid-stream, with the default timings.
+"""Faults on real processes: a worker killed mid-stream (anywhere, and inside a multi-byte character)
+and a gateway replica killed mid-stream, with the default timings.
 
-Two workers and the bundled model; greedy streams of fixed length, so a run that survived a fault can
-be compared with an uninterrupted one, byte for byte. The key has a concurrency limit of 1, so a slot
-that leaks is seen by the next request.
+Greedy streams of fixed length, so a run that survived a fault can be compared with an uninterrupted
+one, byte for byte.
 """
 
 from __future__ import annotations
 
-import secrets
 import signal
+import threading
 import time
-from collections.abc import Iterator
 
 import openai
-import pytest
 import redis
 
 from busstop.redis_server import free_port
-from busstop.stack import LocalStack
-from gateway.core.auth import KeyEntry, KeysFile, Limits, hash_key
 from shared import keys
 from shared.messages import ReplyKind
-from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk, running_stack
+from tests.faults.conftest import MAX_STALL_S, FaultsStack, holder_of, replace_worker, stream, wait_for
+from tests.stack import MODEL, reply_events, req_id_of_chunk
+from worker.loader.load import load_tokenizer, resolve_path
 
 NUM_TOKENS = 160
 PROMPT = "Write a long poem about rivers, in English, then say it again in Japanese."
-# The heartbeat TTL, then at most one beat until a live worker claims the request, then its prefill.
-MAX_STALL_S = keys.HEARTBEAT_TTL_S + 2 * keys.HEARTBEAT_INTERVAL_S
+EMOJI_PROMPT = "Reply with ten emojis only."  # the bundled model answers with emojis of 3-4 tokens each
+EMOJI_TOKENS = 48
 
 
-@pytest.fixture(scope="module")
-def faults_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, redis.Redis, str]]:
-    directory = tmp_path_factory.mktemp("faults")
-    api_key = f"sk-faults-{secrets.token_hex(12)}"
-    entry = KeyEntry(sha256=hash_key(api_key), tenant="faults", limits=Limits(max_concurrency=1))
-    (directory / "keys.json").write_text(KeysFile(keys=[entry]).model_dump_json())
-    env = {"BUSSTOP_KEYS_FILE": str(directory / "keys.json")}
-    with running_stack(directory / "logs", num_workers=2, env=env) as stack:
-        store = redis.Redis.from_url(stack.redis.url, decode_responses=True)
-        assert len(heartbeats(store)) == 2
-        yield stack, store, api_key
-        store.close()
+def text_of(chunks: openai.Stream) -> str:  # type: ignore[type-arg]
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
-def stream(url: str, api_key: str) -> openai.Stream:  # type: ignore[type-arg]
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0)
-    return client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=NUM_TOKENS,
-        temperature=0, stream=True, extra_body={"ignore_eos": True},
-    )
-
-
-def holder_of(stack: LocalStack, store: redis.Redis, req_id: str):  # type: ignore[no-untyped-def]
-    worker_id = [e.worker_id for e in reply_events(store, req_id) if e.kind is ReplyKind.ACCEPTED][-1]
-    (holder,) = [w for w in stack.workers if f"-{w.pid}-" in str(worker_id)]
-    return holder
-
-
-def test_a_killed_worker_costs_a_short_stall_and_not_a_byte(
-    faults_stack: tuple[LocalStack, redis.Redis, str],
-) -> None:
-    stack, store, api_key = faults_stack
-    reference = "".join(c.choices[0].delta.content or "" for c in stream(stack.url, api_key) if c.choices)
+def test_a_killed_worker_costs_a_short_stall_and_not_a_byte(faults: FaultsStack) -> None:
+    stack, store = faults.stack, faults.store
+    reference = text_of(stream(stack.url, faults.api_key, PROMPT, NUM_TOKENS))
     text, gaps, last = "", [], time.monotonic()
-    killed = False
-    for chunk in stream(stack.url, api_key):
+    holder = None
+    for chunk in stream(stack.url, faults.api_key, PROMPT, NUM_TOKENS):
         now = time.monotonic()
         gaps.append(now - last)
         last = now
         if chunk.choices:
             text += chunk.choices[0].delta.content or ""
-        if not killed and len(text) > 40:
+        if holder is None and len(text) > 40:
             holder = holder_of(stack, store, req_id_of_chunk(chunk.id))
             holder.send_signal(signal.SIGKILL)
             holder.wait(timeout=30)
-            killed = True
             last = time.monotonic()
-    assert killed
+    assert holder is not None
     assert text == reference  # nothing lost, nothing doubled: the same bytes as without the kill
     print(f"longest stall after the kill: {max(gaps):.2f} s")
     assert max(gaps) <= MAX_STALL_S
-    stack.workers.remove(holder)
-    stack.start_worker()  # back to two workers for the next test
+    replace_worker(stack, store, holder)
 
 
-def test_a_killed_gateway_stops_its_work_and_frees_its_slot(
-    faults_stack: tuple[LocalStack, redis.Redis, str],
-) -> None:
-    stack, store, api_key = faults_stack
-    deadline = time.monotonic() + 240
-    while len(heartbeats(store)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    chunks = stream(stack.url, api_key)
+def _ends_inside_a_character(decode, store: redis.Redis, req_id: str) -> bool:  # type: ignore[no-untyped-def]
+    ids = [t for e in reply_events(store, req_id) if e.kind is ReplyKind.DELTA for t in e.token_ids]
+    return len(ids) >= 4 and decode(ids).endswith("\ufffd")
+
+
+def test_a_worker_killed_inside_a_multibyte_character_resumes_at_the_exact_byte(faults: FaultsStack) -> None:
+    """The holder is frozen (SIGSTOP) when its last written token ends inside an emoji, checked again
+    while frozen, then killed: the new worker must send the rest of that emoji and nothing twice."""
+    stack, store = faults.stack, faults.store
+    decode = load_tokenizer(resolve_path("default")).hf.decode
+    reference = text_of(stream(stack.url, faults.api_key, EMOJI_PROMPT, EMOJI_TOKENS))
+    assert len(reference.encode()) > 2 * len(reference)  # mostly multi-byte characters
+    killed = []
+
+    def kill_inside_a_character(req_id: str) -> None:
+        holder = holder_of(stack, store, req_id)
+        while not any(e.kind is ReplyKind.DONE for e in reply_events(store, req_id)):
+            if _ends_inside_a_character(decode, store, req_id):
+                holder.send_signal(signal.SIGSTOP)
+                if _ends_inside_a_character(decode, store, req_id):  # frozen: nothing more gets written
+                    holder.send_signal(signal.SIGKILL)
+                    holder.wait(timeout=30)
+                    killed.append(holder)
+                    return
+                holder.send_signal(signal.SIGCONT)
+            time.sleep(0.002)
+
+    chunks = stream(stack.url, faults.api_key, EMOJI_PROMPT, EMOJI_TOKENS)
+    first = next(c for c in chunks if c.choices and c.choices[0].delta.content)
+    killer = threading.Thread(target=kill_inside_a_character, args=(req_id_of_chunk(first.id),))
+    killer.start()
+    text = (first.choices[0].delta.content or "") + text_of(chunks)
+    killer.join(timeout=300)
+    assert killed, "no token boundary inside a character was caught"
+    assert text == reference
+    replace_worker(stack, store, killed[0])
+
+
+def test_a_killed_gateway_stops_its_work_and_frees_its_slot(faults: FaultsStack) -> None:
+    """A second replica serves the stream and is killed; the stack's own gateway serves what follows."""
+    stack, store, api_key = faults.stack, faults.store, faults.api_key
+    port = free_port()
+    replica = stack.start_gateway(port)
+    wait_for(lambda: _serves(f"http://{stack.host}:{port}", api_key), 60, "second gateway")
+    chunks = stream(f"http://{stack.host}:{port}", api_key, PROMPT, NUM_TOKENS)
     first = next(c for c in chunks if c.choices and c.choices[0].delta.content)
     req_id = req_id_of_chunk(first.id)
     (inflight,) = store.scan_iter(match=keys.ratelimit_key("*", "inflight"))
     assert store.zscore(inflight, req_id) is not None
-    assert stack.gateway is not None
-    stack.gateway.send_signal(signal.SIGKILL)
+    replica.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
-    stack.gateway.wait(timeout=30)
+    replica.wait(timeout=30)
     while not any(e.kind is ReplyKind.DONE for e in reply_events(store, req_id)):
         assert time.monotonic() - killed_at < 10, "the worker went on generating"
         time.sleep(0.05)
@@ -110,18 +116,8 @@ def test_a_killed_gateway_stops_its_work_and_frees_its_slot(
     print(f"worker stopped {stopped_after:.2f} s after the gateway died")
     assert stopped_after <= 2.0
 
-    # Another replica: the slot of the dead gateway's request frees itself, and the key (limit 1) serves.
-    port = free_port()
-    stack.start_gateway(port)
-    url = f"http://{stack.host}:{port}"
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0)
-    while True:
-        try:
-            client.models.list()
-            break
-        except openai.APIConnectionError:
-            assert time.monotonic() - killed_at < 60
-            time.sleep(0.25)
+    # The slot of the dead gateway's request frees itself, and the key (limit 1) serves again.
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=api_key, max_retries=0)
     while True:
         try:
             reply = client.chat.completions.create(
@@ -135,3 +131,11 @@ def test_a_killed_gateway_stops_its_work_and_frees_its_slot(
     print(f"slot free {freed_after:.2f} s after the gateway died")
     assert reply.choices[0].message.content
     assert freed_after <= 10.0
+
+
+def _serves(url: str, api_key: str) -> bool:
+    try:
+        openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0).models.list()
+        return True
+    except openai.APIConnectionError:
+        return False

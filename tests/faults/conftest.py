@@ -1,0 +1,80 @@
+"""One stack for the process-fault tests: two workers, the bundled model, a key limited to one request
+at a time (a slot that leaks is seen by the next request) and a storm key with room for 64."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import openai
+import pytest
+import redis
+
+from busstop.stack import LocalStack
+from gateway.core.auth import KeyEntry, KeysFile, Limits, hash_key
+from shared import keys
+from shared.messages import ReplyKind
+from tests.stack import MODEL, heartbeats, reply_events, running_stack
+
+# The heartbeat TTL, then at most one beat until a live worker claims the request, then its prefill.
+MAX_STALL_S = keys.HEARTBEAT_TTL_S + 2 * keys.HEARTBEAT_INTERVAL_S
+STORM_CONCURRENCY = 64
+
+
+@dataclass
+class FaultsStack:
+    stack: LocalStack
+    store: redis.Redis
+    api_key: str  # max_concurrency 1
+    storm_key: str  # max_concurrency STORM_CONCURRENCY
+
+
+@pytest.fixture(scope="package")
+def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultsStack]:
+    directory = tmp_path_factory.mktemp("faults")
+    api_key, storm_key = f"sk-faults-{secrets.token_hex(12)}", f"sk-storm-{secrets.token_hex(12)}"
+    entries = [
+        KeyEntry(sha256=hash_key(api_key), tenant="faults", limits=Limits(max_concurrency=1)),
+        KeyEntry(sha256=hash_key(storm_key), tenant="storm", limits=Limits(max_concurrency=STORM_CONCURRENCY)),
+    ]
+    (directory / "keys.json").write_text(KeysFile(keys=entries).model_dump_json())
+    env = {"BUSSTOP_KEYS_FILE": str(directory / "keys.json")}
+    with running_stack(directory / "logs", num_workers=2, env=env) as stack:
+        store = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+        assert len(heartbeats(store)) == 2
+        yield FaultsStack(stack, store, api_key, storm_key)
+        store.close()
+
+
+def stream(url: str, api_key: str, prompt: str, max_tokens: int) -> openai.Stream:  # type: ignore[type-arg]
+    """A greedy chat stream of exactly ``max_tokens`` tokens."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0)
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+        temperature=0, stream=True, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+
+
+def holder_of(stack: LocalStack, store: redis.Redis, req_id: str):  # type: ignore[no-untyped-def]
+    """The worker process that holds ``req_id`` now (the last ACCEPTED names it)."""
+    worker_id = [e.worker_id for e in reply_events(store, req_id) if e.kind is ReplyKind.ACCEPTED][-1]
+    (holder,) = [w for w in stack.workers if f"-{w.pid}-" in str(worker_id)]
+    return holder
+
+
+def replace_worker(stack: LocalStack, store: redis.Redis, dead) -> None:  # type: ignore[no-untyped-def]
+    """Start a worker in place of the killed ``dead`` and wait until two are live again. From the main
+    thread: a worker dies with the thread that started it (``die_with_parent``)."""
+    wait_for(lambda: not any(f"-{dead.pid}-" in b.worker_id for b in heartbeats(store)), 30, "expired heartbeat")
+    stack.workers.remove(dead)
+    stack.start_worker()
+    wait_for(lambda: len(heartbeats(store)) == 2, 240, "second worker")
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout_s:g} s"
+        time.sleep(0.1)
