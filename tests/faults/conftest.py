@@ -20,7 +20,7 @@ from tests.stack import MODEL, heartbeats, reply_events, running_stack
 
 # The heartbeat TTL, then at most one beat until a live worker claims the request, then its prefill.
 MAX_STALL_S = keys.HEARTBEAT_TTL_S + 2 * keys.HEARTBEAT_INTERVAL_S
-STORM_CONCURRENCY = 64
+STORM_SLOTS = 64
 
 
 @dataclass
@@ -28,7 +28,7 @@ class FaultsStack:
     stack: LocalStack
     store: redis.Redis
     api_key: str  # max_concurrency 1
-    storm_key: str  # max_concurrency STORM_CONCURRENCY
+    storm_key: str  # max_concurrency STORM_SLOTS
 
 
 @pytest.fixture(scope="package")
@@ -37,7 +37,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultsStack]:
     api_key, storm_key = f"sk-faults-{secrets.token_hex(12)}", f"sk-storm-{secrets.token_hex(12)}"
     entries = [
         KeyEntry(sha256=hash_key(api_key), tenant="faults", limits=Limits(max_concurrency=1)),
-        KeyEntry(sha256=hash_key(storm_key), tenant="storm", limits=Limits(max_concurrency=STORM_CONCURRENCY)),
+        KeyEntry(sha256=hash_key(storm_key), tenant="storm", limits=Limits(max_concurrency=STORM_SLOTS)),
     ]
     (directory / "keys.json").write_text(KeysFile(keys=entries).model_dump_json())
     env = {"BUSSTOP_KEYS_FILE": str(directory / "keys.json")}
@@ -67,7 +67,8 @@ def holder_of(stack: LocalStack, store: redis.Redis, req_id: str):  # type: igno
 def replace_worker(stack: LocalStack, store: redis.Redis, dead) -> None:  # type: ignore[no-untyped-def]
     """Start a worker in place of the killed ``dead`` and wait until two are live again. From the main
     thread: a worker dies with the thread that started it (``die_with_parent``)."""
-    wait_for(lambda: not any(f"-{dead.pid}-" in b.worker_id for b in heartbeats(store)), 30, "expired heartbeat")
+    is_gone = lambda: not any(f"-{dead.pid}-" in b.worker_id for b in heartbeats(store))  # noqa: E731
+    wait_for(is_gone, 30, "expired heartbeat")
     stack.workers.remove(dead)
     stack.start_worker()
     wait_for(lambda: len(heartbeats(store)) == 2, 240, "second worker")

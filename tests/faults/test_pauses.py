@@ -15,7 +15,7 @@ import time
 import httpx
 
 from shared import keys
-from tests.faults.conftest import MAX_STALL_S, STORM_CONCURRENCY, FaultsStack, holder_of, stream, wait_for
+from tests.faults.conftest import MAX_STALL_S, STORM_SLOTS, FaultsStack, holder_of, stream, wait_for
 from tests.faults.test_process_deaths import NUM_TOKENS, PROMPT, text_of
 from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk
 
@@ -26,7 +26,9 @@ def is_idle(faults: FaultsStack) -> bool:
     """Every worker idle with all its pages free, no key holding a slot, no request message pending."""
     store = faults.store
     beats = heartbeats(store)
-    if len(beats) != 2 or any(b.num_running or b.num_waiting or b.num_free_pages != b.num_total_pages for b in beats):
+    if len(beats) != 2 or any(b.num_running or b.num_waiting for b in beats):
+        return False
+    if any(b.num_free_pages != b.num_total_pages for b in beats):
         return False
     if any(store.zcard(k) for k in store.scan_iter(match=keys.ratelimit_key("*", "inflight"))):
         return False
@@ -84,13 +86,14 @@ async def _leave_after_a_few_tokens(client: httpx.AsyncClient, i: int) -> int:
 
 
 def test_a_storm_of_clients_that_hang_up_leaves_nothing_behind(faults: FaultsStack) -> None:
-    assert NUM_STORM_CLIENTS <= STORM_CONCURRENCY
+    assert NUM_STORM_CLIENTS <= STORM_SLOTS
     wait_for(lambda: is_idle(faults), 60, "idle pool before the storm")
 
     async def storm() -> list[int]:
         headers = {"Authorization": f"Bearer {faults.storm_key}"}
         async with httpx.AsyncClient(base_url=faults.stack.url, headers=headers, timeout=300) as client:
-            return await asyncio.gather(*(_leave_after_a_few_tokens(client, i) for i in range(NUM_STORM_CLIENTS)))
+            clients = (_leave_after_a_few_tokens(client, i) for i in range(NUM_STORM_CLIENTS))
+            return await asyncio.gather(*clients)
 
     started = time.monotonic()
     assert asyncio.run(storm()) == [3] * NUM_STORM_CLIENTS
