@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from gateway.api.openapi import install_openapi
-from gateway.api.routes import batches, chat, completions, files, health, metrics, models, ui
+from gateway.api.routes import batches, chat, completions, files, health, metrics, models, streams, ui
 from gateway.batch.service import open_batch_service
 from gateway.core.access_log import PROBE_PATHS, install_access_log_filter
 from gateway.core.auth import build_key_store
@@ -34,7 +34,7 @@ install_access_log_filter()
 
 ROUTERS: list[APIRouter] = [
     chat.router, completions.router, models.router, health.router, ui.router, files.router, batches.router,
-    metrics.router,
+    metrics.router, streams.router,
 ]  # fmt: skip
 
 

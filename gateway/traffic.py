@@ -35,6 +35,8 @@ def traffic_class(principal: Principal, header: str | None, priority: int) -> Tr
 
 
 class Lease(Protocol):
+    @property
+    def slot(self) -> tuple[str, str] | None: ...  # the concurrency slot held: (in-flight set, member)
     async def release(self, usage: Usage | None) -> None: ...
 
 

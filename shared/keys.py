@@ -24,13 +24,21 @@ def model_of_request_stream(name: str) -> str:
 
 # Reply streams: one per request, written by the worker that holds it, read by the gateway.
 # Kept REPLY_TTL_S from creation (refreshed by every write) so abandoned ones disappear, and
-# shortened to REPLY_DONE_TTL_S once the final event is written.
+# shortened to REPLY_DONE_TTL_S (``BUSSTOP_WORKER_REPLY_KEEP_S``) once the final event is written: a
+# client can resume (replay) its stream on any gateway until then.
 REPLY_TTL_S = 3600
 REPLY_DONE_TTL_S = 120
 
 
 def reply_stream(req_id: str) -> str:
     return f"{PREFIX}:replies:{req_id}"
+
+
+# Stream records (gateway/serving/resume.py): what any gateway replica needs to resume a client's SSE
+# stream of completion ``completion_id`` from its Last-Event-ID (the format, the choices' req_ids, the
+# caller's tenant, the concurrency slot). Written when the stream starts; lives as long as a reply can.
+def stream_record(completion_id: str) -> str:
+    return f"{PREFIX}:streams:{completion_id}"
 
 
 # Owners: the worker that may write a request's reply stream. A worker that takes over a request sets
@@ -61,8 +69,9 @@ def control_stream(worker_id: str) -> str:
 
 
 # Heartbeats: a WorkerHeartbeat JSON under a key that lives HEARTBEAT_TTL_S; workers refresh it
-# every HEARTBEAT_INTERVAL_S from a thread of their own (``worker/service/beat.py``). A worker whose key is gone is dead: live workers claim its pending
-# messages at once, so a dead worker's clients wait about HEARTBEAT_TTL_S for their next token.
+# every HEARTBEAT_INTERVAL_S from a thread of their own (``worker/service/beat.py``). A worker whose
+# key is gone is dead: live workers claim its pending messages at once, so a dead worker's clients
+# wait about HEARTBEAT_TTL_S for their next token.
 HEARTBEAT_INTERVAL_S = 0.5
 HEARTBEAT_TTL_S = 1.5
 

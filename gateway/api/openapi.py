@@ -30,7 +30,7 @@ _WHY = {
     400: "Invalid request: a field is missing, malformed or out of bounds (``param`` names it)",
     401: "No API key, an unknown one, or a key in the URL",
     403: "The key's traffic class may not use this route",
-    404: "No such model, file or batch",
+    404: "No such model, file, batch, or stream to resume",
     409: "The object is in a state that does not allow this",
     413: "The body is over the gateway's limit",
     429: "Over the key's rate or concurrency limit (see Retry-After)",
@@ -76,3 +76,12 @@ def install_openapi(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+# A stream resumed from its Last-Event-ID: the rest of its server-sent events.
+RESUMED_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The stream's events after Last-Event-ID (all of them without it)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **errors(*KEYED, 404, 500, 502, 504),
+}

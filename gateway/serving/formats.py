@@ -21,6 +21,10 @@ class Choice:
 
 
 class ResponseFormat(Protocol):
+    id: str  # the completion's
+    created: int
+    model: str
+    include_usage: bool
     chunk_object: str
 
     def first_chunk(self, index: int) -> r.Json | None: ...

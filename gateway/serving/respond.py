@@ -1,5 +1,5 @@
-"""The HTTP response of accepted generations (one per choice): an SSE stream, or the whole
-completion at once."""
+"""The HTTP response of accepted generations (one per choice): an SSE stream (with a stream record, so
+any replica can resume it), or the whole completion at once."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from collections.abc import Sequence
 import anyio
 from fastapi import Request, Response
 from pydantic_core import to_json
+from redis.asyncio import Redis
 
 from gateway.serving.collect import collect
 from gateway.serving.formats import ResponseFormat
+from gateway.serving.resume import StreamRecord, save_record
 from gateway.serving.sse import EventStreamResponse, stream_events
 from gateway.telemetry.request import CLIENT_CLOSED
 from gateway.traffic import Lease
@@ -24,6 +26,7 @@ REQUEST_ID_HEADER = "x-request-id"
 
 
 async def respond(
+    redis: Redis,
     http: Request,
     generations: Sequence[Generation],
     accepted: Sequence[ReplyEvent],
@@ -34,6 +37,7 @@ async def respond(
 ) -> Response:
     headers = {REQUEST_ID_HEADER: generations[0].request.req_id}
     if stream:
+        await save_record(redis, StreamRecord.of(list(generations), fmt, lease))
         events = stream_events(generations, fmt, lease, include_usage, http.is_disconnected)
         return EventStreamResponse(events, headers=headers)
     usage: Usage | None = None

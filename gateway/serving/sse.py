@@ -1,4 +1,5 @@
-"""Server-sent events in OpenAI's format: ``data: <chunk json>`` per chunk, then ``data: [DONE]``.
+"""Server-sent events in OpenAI's format: ``data: <chunk json>`` per chunk, then ``data: [DONE]``;
+each chunk with an ``id:`` a client can resume the stream from (``event_ids``, ``resume``).
 
 One reply batch (everything a blocking XREAD returned) becomes one write to the socket. Errors
 after the 200 was sent become an ``{"error": ...}`` event, as OpenAI's streams do. A request with
@@ -18,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.core.errors import OpenAIError, redis_unavailable
 from gateway.serving.collect import total_usage
+from gateway.serving.event_ids import StreamCursor, event_id
 from gateway.serving.formats import ResponseFormat
 from gateway.traffic import Lease
 from gateway.transport.generation import Generation, error_of
@@ -29,8 +31,9 @@ logger = logging.getLogger(__name__)
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
-def sse_event(payload: object) -> bytes:
-    return b"data: " + to_json(payload) + b"\n\n"
+def sse_event(payload: object, event_id: bytes | None = None) -> bytes:
+    head = b"id: " + event_id + b"\n" if event_id is not None else b""
+    return head + b"data: " + to_json(payload) + b"\n\n"
 
 
 async def _batches(
@@ -68,36 +71,49 @@ async def stream_events(
     lease: Lease,
     include_usage: bool,
     is_disconnected: Callable[[], Awaitable[bool]],
+    after: StreamCursor | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """The SSE body of accepted generations; cancels them and releases ``lease`` however it ends."""
+    """The SSE body of accepted generations; cancels them and releases ``lease`` however it ends.
+
+    Each event's id is where it brings the client (``event_ids``). ``after``: a resumed stream, whose
+    generations read their replies from the start: every event goes through ``fmt`` (which keeps state:
+    tool calls, offsets), and only those past ``after`` are sent.
+    """
     usages: dict[int, Usage] = {}
+    seqs = [0] * len(generations)  # per choice, the last reply event taken in (ACCEPTED is 0)
+    sent = list(after.seqs) if after is not None else [-1] * len(generations)
     try:
-        for index in range(len(generations)):
-            first = fmt.first_chunk(index)
-            if first is not None:
-                yield sse_event(first)
+        if after is None:
+            for index in range(len(generations)):
+                first = fmt.first_chunk(index)
+                if first is not None:
+                    yield sse_event(first, event_id(fmt.id, seqs))
         batches = _batches(generations, is_disconnected)
         async for index, batch in batches:
             out: list[bytes] = []
             is_over = False
             for event in batch:
+                seqs[index] = event.seq
+                is_new = event.seq > sent[index]
                 if event.kind is ReplyKind.DELTA:
                     if event.text or event.logprobs:
                         chunk = fmt.delta_chunk(index, event.text, event.logprobs, None)
-                        if chunk is not None:
-                            out.append(sse_event(chunk))
+                        if chunk is not None and is_new:
+                            out.append(sse_event(chunk, event_id(fmt.id, seqs)))
                 elif event.kind is ReplyKind.DONE:
                     usages[index] = event.usage or Usage()
                     chunk = fmt.delta_chunk(index, event.text, event.logprobs, event.finish_reason or "stop")
-                    if chunk is not None:
-                        out.append(sse_event(chunk))
+                    if chunk is not None and is_new:
+                        out.append(sse_event(chunk, event_id(fmt.id, seqs)))
                     if len(usages) == len(generations):
-                        if include_usage:
-                            out.append(sse_event(fmt.usage_chunk(_usage(usages))))
+                        if include_usage and not (after is not None and after.usage_sent):
+                            usage = fmt.usage_chunk(_usage(usages))
+                            out.append(sse_event(usage, event_id(fmt.id, seqs, usage_sent=True)))
                         out.append(DONE_EVENT)
                         is_over = True
                 elif event.kind is ReplyKind.ERROR:
-                    out.append(sse_event(error_of(event).body()))
+                    if is_new:
+                        out.append(sse_event(error_of(event).body(), event_id(fmt.id, seqs)))
                     out.append(DONE_EVENT)
                     is_over = True
             if out:

@@ -121,6 +121,14 @@ class Generation:
                     code="queue_timeout",
                 )
 
+    async def resume(self) -> None:
+        """Serve a request that another gateway started (its client resumed the stream here): take over
+        its lease, so its worker keeps running it for this gateway; ``events`` then reads from the start."""
+        if self._presence is not None:
+            lease_ms = keys.LEASE_S * 1000
+            await self._redis.set(keys.request_lease(self.req_id), self._presence.gateway_id, px=lease_ms)
+            self._presence.serve(self)
+
     async def events(
         self, is_disconnected: Callable[[], Awaitable[bool]] | None = None
     ) -> AsyncGenerator[list[ReplyEvent], None]:

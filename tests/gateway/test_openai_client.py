@@ -172,10 +172,16 @@ async def test_an_error_mid_stream_is_an_error_event(server: ServerThread, redis
 
 
 def sse_events(body: str) -> list[str]:
+    """The data of each event; every chunk event has an ``id:`` that names its stream and only grows."""
     assert body.endswith("\n\n")
     events = body[:-2].split("\n\n")
-    assert all(e.startswith("data: ") and "\n" not in e for e in events), events
-    return [e.removeprefix("data: ") for e in events]
+    assert events[-1] == "data: [DONE]", events
+    ids = [e.split("\n")[0].removeprefix("id: ") for e in events[:-1]]
+    assert all(e.count("\n") == 1 and e.startswith("id: ") for e in events[:-1]), events
+    assert all(i.startswith(f"{from_json(e.split('data: ')[1])['id']}.") for i, e in zip(ids, events, strict=False))
+    seqs = [int(i.rsplit(".", 1)[1]) for i in ids]
+    assert seqs == sorted(seqs), ids
+    return [e.split("\n")[-1].removeprefix("data: ") for e in events]
 
 
 async def test_sse_wire_format_is_exact(server: ServerThread, redis_url: str) -> None:

@@ -48,9 +48,10 @@ class ReplyBatch:
     def __bool__(self) -> bool:
         return bool(self.events or self.finals)
 
-    async def write(self, redis: Redis, worker_id: str) -> set[str]:
+    async def write(self, redis: Redis, worker_id: str, keep_s: int = keys.REPLY_DONE_TTL_S) -> set[str]:
         """Append every request's events (``reply_write.lua``: only where ``worker_id`` still owns the
         request), then XACK and XDEL the finished requests' messages; returns the fenced req_ids.
+        A finished reply stream is kept ``keep_s`` more.
 
         Acks go after their final events, so a message is never acked before its reply is complete,
         and never by a worker that lost the request; the acked message is deleted so request streams
@@ -69,7 +70,7 @@ class ReplyBatch:
             for req_id, why in self.poisoned:
                 pipe.set(keys.poison_key(req_id), why, ex=keys.POISON_TTL_S)
             for req_id, events in by_request.items():
-                ttl = keys.REPLY_DONE_TTL_S if req_id in finished else keys.REPLY_TTL_S
+                ttl = keep_s if req_id in finished else keys.REPLY_TTL_S
                 # EVALSHA straight away: redis-py's Script would ask SCRIPT EXISTS before each pipeline.
                 stream, owner = keys.reply_stream(req_id), keys.owner_key(req_id)
                 is_final = "1" if req_id in finished else "0"

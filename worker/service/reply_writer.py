@@ -16,6 +16,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from shared import keys
 from shared.retry import REDIS_ERRORS, RetryPolicy
 from worker.service import intake
 from worker.service.replies import ReplyBatch
@@ -32,8 +33,10 @@ class ReplyWriter:
         tracker: RequestTracker,
         abort: Callable[[str], None],
         policy: RetryPolicy,
+        keep_s: int = keys.REPLY_DONE_TTL_S,
     ) -> None:
         self._redis = redis
+        self._keep_s = keep_s  # how long a finished reply stays readable (resumed streams replay it)
         self._worker_id = worker_id
         self._tracker = tracker
         self._abort = abort  # tells the engine to drop a request
@@ -45,7 +48,7 @@ class ReplyWriter:
         Requests another worker took over meanwhile are forgotten and aborted."""
 
         async def attempt() -> set[str]:
-            return await batch.write(self._redis, self._worker_id)
+            return await batch.write(self._redis, self._worker_id, self._keep_s)
 
         try:
             fenced = await self._policy.run(attempt, "reply write")

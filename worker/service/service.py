@@ -80,7 +80,9 @@ class WorkerService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine_loop = EngineLoop(engine, self._deliver)
         self._writes = RetryPolicy(deadline_s=settings.write_deadline_s)
-        self._writer = ReplyWriter(redis, self.worker_id, self._tracker, self._abort, self._writes)
+        self._writer = ReplyWriter(
+            redis, self.worker_id, self._tracker, self._abort, self._writes, settings.reply_keep_s
+        )
         self._readers = ReaderWatch(redis, self._cancel)
         self._beat = HeartbeatThread(
             settings.redis_url,

@@ -32,6 +32,8 @@ class WorkerSettings(BaseSettings):
     # The heartbeat thread stops beating when the event loop has not ticked for this long, so a hung
     # worker's requests go to live workers.
     loop_stall_s: float = Field(default=30.0, gt=0)
+    # How long a finished reply stream stays in Redis: a client may resume (replay) its stream meanwhile.
+    reply_keep_s: int = Field(default=keys.REPLY_DONE_TTL_S, ge=1, le=keys.REPLY_TTL_S)
     # A pending message idle this long belongs to a dead worker and is reclaimed.
     reclaim_min_idle_ms: int = keys.RECLAIM_MIN_IDLE_MS
     # A request whose workers died this many times is failed (500) instead of reclaimed again, so

@@ -9,8 +9,10 @@ from fastapi import APIRouter, Request, Response
 from gateway.api.deps import ApiKeyDep, StateDep
 from gateway.api.openapi import GENERATION
 from gateway.protocol.requests import ChatCompletionRequest
+from gateway.serving.event_ids import StreamCursor
 from gateway.serving.formats import ChatFormat
 from gateway.serving.respond import respond
+from gateway.serving.resume import LAST_EVENT_ID_HEADER, resume
 from gateway.serving.submit import (
     max_model_len,
     new_req_id,
@@ -26,6 +28,8 @@ router = APIRouter(tags=["openai"])
 async def create_chat_completion(
     body: ChatCompletionRequest, http: Request, principal: ApiKeyDep, state: StateDep
 ) -> Response:
+    if body.stream and (last_event_id := http.headers.get(LAST_EVENT_ID_HEADER)):  # a client resuming
+        return await resume(state, http, principal, StreamCursor.parse(last_event_id).completion_id, "chat")
     # Without max_tokens a chat completion may run to the end of the context window (the worker
     # clamps to what the prompt leaves).
     window = await max_model_len(state, body.model)
@@ -48,4 +52,6 @@ async def create_chat_completion(
     )
     fmt = ChatFormat(f"chatcmpl-{req_id}", int(time.time()), body.model, include_usage=body.include_usage,
                      parses_tool_calls=body.parses_tool_calls)
-    return await respond(http, generations, accepted, fmt, lease, body.stream, body.include_usage)
+    return await respond(
+        state.redis, http, generations, accepted, fmt, lease, body.stream, body.include_usage
+    )

@@ -9,8 +9,10 @@ from fastapi import APIRouter, Request, Response
 from gateway.api.deps import ApiKeyDep, StateDep
 from gateway.api.openapi import GENERATION
 from gateway.protocol.requests import CompletionRequest
+from gateway.serving.event_ids import StreamCursor
 from gateway.serving.formats import CompletionFormat
 from gateway.serving.respond import respond
+from gateway.serving.resume import LAST_EVENT_ID_HEADER, resume
 from gateway.serving.submit import (
     max_model_len,
     new_req_id,
@@ -26,6 +28,9 @@ router = APIRouter(tags=["openai"])
 async def create_completion(
     body: CompletionRequest, http: Request, principal: ApiKeyDep, state: StateDep
 ) -> Response:
+    if body.stream and (last_event_id := http.headers.get(LAST_EVENT_ID_HEADER)):  # a client resuming
+        completion_id = StreamCursor.parse(last_event_id).completion_id
+        return await resume(state, http, principal, completion_id, "completion")
     window = await max_model_len(state, body.model)  # 404 / 503 before anything is queued
     text, token_ids = body.prompt_text(), body.prompt_token_ids()
     await refuse_overlong_prompt(
@@ -48,4 +53,6 @@ async def create_completion(
         prompt_token_ids=token_ids,
     )
     fmt = CompletionFormat(f"cmpl-{req_id}", int(time.time()), body.model, include_usage=body.include_usage)
-    return await respond(http, generations, accepted, fmt, lease, body.stream, body.include_usage)
+    return await respond(
+        state.redis, http, generations, accepted, fmt, lease, body.stream, body.include_usage
+    )
