@@ -57,6 +57,9 @@ class GatewaySettings(BaseSettings):
     # One blocking XREAD waits at most this long; between reads the gateway checks worker liveness
     # and client disconnects.
     read_block_ms: int = Field(default=1000, ge=10)
+    # A stream whose client hung up keeps running this long, so the client can resume it (on any replica,
+    # with Last-Event-ID); then it is cancelled unless it was resumed. 0 cancels at once.
+    resume_grace_s: float = Field(default=2.0, ge=0)
     # How often the cached set of live workers is refreshed from their heartbeat keys.
     worker_refresh_s: float = Field(default=1.0, gt=0)
 

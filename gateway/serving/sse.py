@@ -73,7 +73,8 @@ async def stream_events(
     is_disconnected: Callable[[], Awaitable[bool]],
     after: StreamCursor | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """The SSE body of accepted generations; cancels them and releases ``lease`` however it ends.
+    """The SSE body of accepted generations; hangs them up (``Generation.hang_up``) and releases
+    ``lease`` however it ends.
 
     Each event's id is where it brings the client (``event_ids``). ``after``: a resumed stream, whose
     generations read their replies from the start: every event goes through ``fmt`` (which keeps state:
@@ -130,7 +131,7 @@ async def stream_events(
         with anyio.CancelScope(shield=True):  # the client may be gone; cleanup must still run
             for generation in generations:
                 try:
-                    await generation.cancel()
+                    await generation.hang_up()
                 except REDIS_ERRORS as exc:
                     logger.warning("could not cancel %s: %s", generation.request.req_id, exc)
             await lease.release(_usage(usages) if len(usages) == len(generations) else None)

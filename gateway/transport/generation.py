@@ -9,6 +9,7 @@ over the context window is a real 400 in stream mode too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -24,7 +25,7 @@ from gateway.transport.replies import ReplyReader
 from gateway.transport.workers import WorkerRegistry
 from shared import keys
 from shared.messages import DATA_FIELD, CancelRequest, GenerateRequest, ReplyEvent, ReplyKind
-from shared.retry import RetryPolicy
+from shared.retry import REDIS_ERRORS, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ _FINAL = (ReplyKind.DONE, ReplyKind.ERROR)
 # Silence this long makes the gateway ask Redis whether the request still exists at all (a Redis
 # restart that lost its last writes may have lost it): one round trip, then an answer, not a hang.
 LOST_CHECK_S = 3.0
+# Cancels waiting out their resume grace (``Generation.hang_up``), held so they are not collected.
+_HANGING_UP: set[asyncio.Task[None]] = set()
 
 
 class Generation:
@@ -135,7 +138,7 @@ class Generation:
         """Batches of events after ACCEPTED, up to and including DONE or ERROR.
 
         ``is_disconnected`` is asked once per read (not per token); when it says the client is gone,
-        the request is cancelled and the iteration ends.
+        the iteration ends (and the caller calls ``cancel`` or ``hang_up``).
         """
         if self._early:
             batch, self._early = self._early, []
@@ -145,8 +148,7 @@ class Generation:
         while not self.is_finished:
             batch = await self._read()
             if is_disconnected is not None and await is_disconnected():
-                await self.cancel()
-                return
+                return  # the caller cancels it, or hangs up (a stream the client may resume)
             if batch:
                 last_event_at = next_lost_check = time.monotonic()
                 self._note_all(batch)
@@ -188,6 +190,32 @@ class Generation:
             await self._take_back()
             return
         await self.send_cancel(self.worker_id)
+
+    async def hang_up(self) -> None:
+        """The client of this stream left: the request runs on for ``resume_grace_s``, so the client
+        can resume it on any replica (``gateway/serving/resume.py``), and is cancelled after that unless
+        another gateway took over its lease meanwhile."""
+        grace_s = self._settings.resume_grace_s
+        if self.is_finished:
+            return
+        if grace_s <= 0 or self._presence is None or self.worker_id is None:
+            await self.cancel()
+            return
+        self.telemetry.finish(CLIENT_CLOSED)
+        self.is_finished = True  # the presence stops renewing the lease and drops it, if still its own
+        task = asyncio.get_running_loop().create_task(self._cancel_unless_resumed(grace_s, self.worker_id))
+        _HANGING_UP.add(task)
+        task.add_done_callback(_HANGING_UP.discard)
+
+    async def _cancel_unless_resumed(self, grace_s: float, worker_id: str) -> None:
+        await asyncio.sleep(grace_s)
+        assert self._presence is not None
+        try:
+            holder = await self._redis.get(keys.request_lease(self.req_id))
+            if holder is None or holder == self._presence.gateway_id:
+                await self.send_cancel(worker_id)
+        except REDIS_ERRORS as exc:  # the worker finds the request's lease gone after the outage
+            logger.warning("could not cancel %s after its client left: %s", self.req_id, exc)
 
     async def send_cancel(self, worker_id: str) -> None:
         """Ask ``worker_id`` to abort the request; its reply then ends with DONE ``abort``."""

@@ -23,6 +23,8 @@ from shared.retry import FOREVER, REDIS_ERRORS
 log = logging.getLogger(__name__)
 
 _RENEW_LUA = (Path(__file__).parents[1] / "ratelimit" / "renew.lua").read_text()
+# A lease is dropped only while this gateway holds it: a client may have resumed the stream elsewhere.
+_DROP_OWN_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class Served(Protocol):
@@ -58,6 +60,7 @@ class GatewayPresence:
             redis_url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         self._renew_slots = self._redis.register_script(_RENEW_LUA)
+        self._drop_own = self._redis.register_script(_DROP_OWN_LUA)
         self._beat_s, self._ttl_ms = beat_s, int(ttl_s * 1000)
         self._renew_s, self._lease_ms = renew_s, int(lease_s * 1000)
         self._slot_lease_ms = int(slot_lease_s * 1000)
@@ -118,8 +121,8 @@ class GatewayPresence:
             ended = self._leased - live
             slots = [s.slot for s in list(self._slots)]
         pipe = self._redis.pipeline(transaction=False)
-        if ended:
-            pipe.delete(*(keys.request_lease(req_id) for req_id in ended))
+        for req_id in ended:
+            self._drop_own(keys=[keys.request_lease(req_id)], args=[self.gateway_id], client=pipe)
         pipe.set(keys.gateway_key(self.gateway_id), "1", px=self._ttl_ms)
         if renew:
             for req_id in live:

@@ -6,6 +6,7 @@ that was read to its end can be resumed after each of its events and must give e
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,11 +17,12 @@ from pydantic_core import from_json
 
 from gateway.core.auth import hash_key
 from gateway.main import create_app
-from tests.gateway.conftest import API_KEY, make_settings, running
+from tests.gateway.conftest import API_KEY, ServerThread, make_settings, running
 from tests.gateway.fake_worker import WORDS, FakeWorker
 
 OTHER_KEY = "other-tenant-key"
 CHAT = "/v1/chat/completions"
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
@@ -115,3 +117,62 @@ async def test_only_the_streams_tenant_may_resume_it_and_bad_ids_are_refused(
     assert wrong_stream.status_code == 400
     as_completion = await client.get(f"/v1/completions/{completion_id}/stream")
     assert as_completion.status_code == 404
+
+
+LONG_WORDS = tuple(f" w{i}" for i in range(60))  # within the fake model's 64-token window
+
+
+async def read_until(response: httpx.Response, word: str) -> tuple[str, str]:
+    """(text so far, id of its last event) once ``word`` has arrived."""
+    text, last_id = "", ""
+    async for line in response.aiter_lines():
+        if line.startswith("id: "):
+            last_id = line.removeprefix("id: ")
+        elif line.startswith("data: {"):
+            text += from_json(line.removeprefix("data: "))["choices"][0]["delta"].get("content") or ""
+            if word in text:
+                return text, last_id
+    raise AssertionError(f"{word!r} never came")
+
+
+def content_of(body: str) -> str:
+    chunks = [from_json(e.split("data: ")[1]) for e in events_of(body)[:-1]]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+
+
+async def test_a_stream_whose_client_left_runs_through_the_grace_then_is_cancelled(redis_url: str) -> None:
+    settings = make_settings(redis_url, resume_grace_s=1.0)
+    async with (
+        FakeWorker(redis_url, words=LONG_WORDS, delay_s=0.05) as worker,
+        ServerThread(create_app(settings)) as a,
+    ):
+        async with (
+            httpx.AsyncClient(base_url=a.url, headers=HEADERS) as http,
+            http.stream("POST", CHAT, json=BODY) as response,
+        ):
+            await read_until(response, " w3")
+        req_id = worker.requests[0].req_id
+        await asyncio.sleep(0.6)
+        assert req_id not in worker.cancelled  # still in its grace
+        for _ in range(150):
+            if req_id in worker.cancelled:
+                break
+            await asyncio.sleep(0.02)
+        assert req_id in worker.cancelled
+
+
+async def test_a_stream_resumed_on_another_replica_within_the_grace_runs_to_its_end(redis_url: str) -> None:
+    settings_a = make_settings(redis_url, resume_grace_s=1.0, gateway_id="gateway-a")
+    settings_b = make_settings(redis_url, resume_grace_s=1.0, gateway_id="gateway-b")
+    async with (
+        FakeWorker(redis_url, words=LONG_WORDS, delay_s=0.05) as worker,
+        ServerThread(create_app(settings_a)) as a,
+        ServerThread(create_app(settings_b)) as b,
+        httpx.AsyncClient(headers=HEADERS, timeout=30) as http,
+    ):
+        async with http.stream("POST", f"{a.url}{CHAT}", json=BODY) as response:
+            text, last_id = await read_until(response, " w3")
+        completion_id = last_id.split(".")[0]
+        rest = await http.get(f"{b.url}{CHAT}/{completion_id}/stream", headers={"Last-Event-ID": last_id})
+        assert text + content_of(rest.text) == "".join(LONG_WORDS)
+        assert worker.requests[0].req_id not in worker.cancelled
