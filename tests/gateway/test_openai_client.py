@@ -178,7 +178,8 @@ def sse_events(body: str) -> list[str]:
     assert events[-1] == "data: [DONE]", events
     ids = [e.split("\n")[0].removeprefix("id: ") for e in events[:-1]]
     assert all(e.count("\n") == 1 and e.startswith("id: ") for e in events[:-1]), events
-    assert all(i.startswith(f"{from_json(e.split('data: ')[1])['id']}.") for i, e in zip(ids, events, strict=False))
+    chunk_ids = [from_json(e.split("data: ")[1])["id"] for e in events[:-1]]
+    assert all(i.startswith(f"{c}.") for i, c in zip(ids, chunk_ids, strict=True))
     seqs = [int(i.rsplit(".", 1)[1]) for i in ids]
     assert seqs == sorted(seqs), ids
     return [e.split("\n")[-1].removeprefix("data: ") for e in events]
