@@ -7,7 +7,7 @@ Resets Redis's command statistics, runs ``--num-requests`` streams of ``--max-to
 (``ignore_eos``) at ``--concurrency``, then prints every command's count per output token. Redis counts
 the commands a Lua script runs as well as the EVALSHA that ran it: the total is what Redis executes.
 Background traffic (heartbeats, leases) counts too: that is what the pool costs while it serves.
-Redis defaults to the one ``busstop up`` wrote to ``~/.cache/busstop/up.json``.
+``--redis`` is the stack's Redis (``busstop up`` prints it; default ``$BUSSTOP_REDIS_URL``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import random
 import httpx
 import redis
 
-from busstop.status import redis_url
 from loadtest.client import run_request
 from loadtest.workload import RequestSpec, make_prompt
 
@@ -53,13 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.redis_cost", description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--redis", default=None, help="Redis URL (default: the running busstop up's)")
+    parser.add_argument("--redis", default=os.environ.get("BUSSTOP_REDIS_URL"), help="the stack's Redis URL")
     parser.add_argument("--api-key", default=os.environ.get("BUSSTOP_API_KEY"))
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--num-requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args(argv)
-    client = redis.Redis.from_url(redis_url(args.redis), decode_responses=True)
+    if not args.redis:
+        parser.error("--redis (or BUSSTOP_REDIS_URL) is required: the Redis that busstop up printed")
+    client = redis.Redis.from_url(args.redis, decode_responses=True)
     client.config_resetstat()
     num_tokens = asyncio.run(
         run_load(args.url, args.model, args.api_key, args.concurrency, args.num_requests, args.max_tokens)

@@ -18,7 +18,6 @@ from redis.exceptions import ResponseError
 from shared import keys
 from shared.messages import (
     CLASS_RANK,
-    ErrorInfo,
     ReplyEvent,
     ReplyKind,
     TrafficClass,
@@ -37,7 +36,7 @@ from worker.service.replies import ReplyBatch
 from worker.service.reply_writer import ReplyWriter
 from worker.service.resume import ResumeState, take_over
 from worker.service.settings import WorkerSettings
-from worker.service.tracker import RequestTracker, error_event, step_failed
+from worker.service.tracker import RequestTracker, error_event, step_failed, too_many_deliveries
 from worker.structured.grammar import GrammarCompiler
 from worker.tokenizer import Tokenizer
 
@@ -396,11 +395,3 @@ class WorkerService:
         if left:
             log.info("left %d unfinished requests for other workers", len(left))
 
-
-def too_many_deliveries(num_workers: int) -> ErrorInfo:
-    return ErrorInfo(
-        status=500,
-        message=f"{num_workers} workers failed while serving this request; it is not retried",
-        type="server_error",
-        code="worker_failed",
-    )

@@ -60,6 +60,15 @@ def step_failed(why: str) -> ErrorInfo:
     )
 
 
+def too_many_deliveries(num_workers: int) -> ErrorInfo:
+    return ErrorInfo(
+        status=500,
+        message=f"{num_workers} workers failed while serving this request; it is not retried",
+        type="server_error",
+        code="worker_failed",
+    )
+
+
 class RequestTracker:
     def __init__(self, worker_id: str, tokenizer: Tokenizer) -> None:
         self.worker_id = worker_id
