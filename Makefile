@@ -29,7 +29,7 @@ up: install
 	$(VENV)/bin/busstop up
 
 test: install system-deps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 lint: install
 	$(VENV)/bin/ruff check busstop gateway worker shared loadtest tests

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import openai
 import pytest
@@ -29,6 +29,15 @@ class FaultsStack:
     store: redis.Redis
     api_key: str  # max_concurrency 1
     storm_key: str  # max_concurrency STORM_SLOTS
+    references: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def reference(self, prompt: str, max_tokens: int) -> str:
+        """The text of an uninterrupted greedy stream (run once per prompt: greedy is deterministic)."""
+        if (prompt, max_tokens) not in self.references:
+            chunks = stream(self.stack.url, self.api_key, prompt, max_tokens)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            self.references[prompt, max_tokens] = text
+        return self.references[prompt, max_tokens]
 
 
 @pytest.fixture(scope="package")

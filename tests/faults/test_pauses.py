@@ -41,7 +41,7 @@ def is_idle(faults: FaultsStack) -> bool:
 
 def test_a_frozen_worker_loses_its_request_cleanly_and_serves_again(faults: FaultsStack) -> None:
     stack, store = faults.stack, faults.store
-    reference = text_of(stream(stack.url, faults.api_key, PROMPT, NUM_TOKENS))
+    reference = faults.reference(PROMPT, NUM_TOKENS)
     text, gaps, last = "", [], time.monotonic()
     holder, req_id = None, ""
     for chunk in stream(stack.url, faults.api_key, PROMPT, NUM_TOKENS):

@@ -36,7 +36,7 @@ def text_of(chunks: openai.Stream) -> str:  # type: ignore[type-arg]
 
 def test_a_killed_worker_costs_a_short_stall_and_not_a_byte(faults: FaultsStack) -> None:
     stack, store = faults.stack, faults.store
-    reference = text_of(stream(stack.url, faults.api_key, PROMPT, NUM_TOKENS))
+    reference = faults.reference(PROMPT, NUM_TOKENS)
     text, gaps, last = "", [], time.monotonic()
     holder = None
     for chunk in stream(stack.url, faults.api_key, PROMPT, NUM_TOKENS):
@@ -67,7 +67,7 @@ def test_a_worker_killed_inside_a_multibyte_character_resumes_at_the_exact_byte(
     while frozen, then killed: the new worker must send the rest of that emoji and nothing twice."""
     stack, store = faults.stack, faults.store
     decode = load_tokenizer(resolve_path("default")).hf.decode
-    reference = text_of(stream(stack.url, faults.api_key, EMOJI_PROMPT, EMOJI_TOKENS))
+    reference = faults.reference(EMOJI_PROMPT, EMOJI_TOKENS)
     assert len(reference.encode()) > 2 * len(reference)  # mostly multi-byte characters
     killed = []
 
@@ -158,7 +158,7 @@ def _sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
 
 def test_a_stream_cut_by_a_gateway_death_resumes_byte_exact_on_another_replica(faults: FaultsStack) -> None:
     stack, api_key = faults.stack, faults.api_key
-    reference = text_of(stream(stack.url, api_key, PROMPT, NUM_TOKENS))
+    reference = faults.reference(PROMPT, NUM_TOKENS)
     port = free_port()
     replica = stack.start_gateway(port)
     wait_for(lambda: _serves(f"http://{stack.host}:{port}", api_key), 60, "second gateway")
