@@ -4,6 +4,8 @@ at a time (a slot that leaks is seen by the next request) and a storm key with r
 from __future__ import annotations
 
 import secrets
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from busstop.stack import LocalStack
 from gateway.core.auth import KeyEntry, KeysFile, Limits, hash_key
 from shared import keys
 from shared.messages import ReplyKind
-from tests.stack import MODEL, heartbeats, reply_events, running_stack
+from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk, running_stack
 
 # The heartbeat TTL, then at most one beat until a live worker claims the request, then its prefill.
 MAX_STALL_S = keys.HEARTBEAT_TTL_S + 2 * keys.HEARTBEAT_INTERVAL_S
@@ -64,6 +66,37 @@ def stream(url: str, api_key: str, prompt: str, max_tokens: int) -> openai.Strea
         model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
         temperature=0, stream=True, extra_body={"ignore_eos": True},
     )  # fmt: skip
+
+
+@dataclass
+class FaultRun:
+    text: str  # what the client received
+    longest_stall_s: float  # the longest wait between chunks, counted from the fault
+    req_id: str
+    holder: subprocess.Popen[bytes]  # the worker that held the request when the fault came
+
+
+def stream_through_a_fault(
+    faults: FaultsStack, prompt: str, max_tokens: int, sig: signal.Signals
+) -> FaultRun:
+    """Stream ``prompt``, send ``sig`` to the worker holding it after 40 characters, read to the end."""
+    text, gaps, last = "", [], time.monotonic()
+    holder, req_id = None, ""
+    for chunk in stream(faults.stack.url, faults.api_key, prompt, max_tokens):
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if holder is None and len(text) > 40:
+            req_id = req_id_of_chunk(chunk.id)
+            holder = holder_of(faults.stack, faults.store, req_id)
+            holder.send_signal(sig)
+            if sig is signal.SIGKILL:
+                holder.wait(timeout=30)
+            last = time.monotonic()
+    assert holder is not None, "the stream ended before the fault"
+    return FaultRun(text, max(gaps), req_id, holder)
 
 
 def holder_of(stack: LocalStack, store: redis.Redis, req_id: str):  # type: ignore[no-untyped-def]

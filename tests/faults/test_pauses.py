@@ -15,9 +15,16 @@ import time
 import httpx
 
 from shared import keys
-from tests.faults.conftest import MAX_STALL_S, STORM_SLOTS, FaultsStack, holder_of, stream, wait_for
+from tests.faults.conftest import (
+    MAX_STALL_S,
+    STORM_SLOTS,
+    FaultsStack,
+    stream,
+    stream_through_a_fault,
+    wait_for,
+)
 from tests.faults.test_process_deaths import NUM_TOKENS, PROMPT, text_of
-from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk
+from tests.stack import MODEL, heartbeats, reply_events
 
 NUM_STORM_CLIENTS = 50
 
@@ -42,23 +49,11 @@ def is_idle(faults: FaultsStack) -> bool:
 def test_a_frozen_worker_loses_its_request_cleanly_and_serves_again(faults: FaultsStack) -> None:
     stack, store = faults.stack, faults.store
     reference = faults.reference(PROMPT, NUM_TOKENS)
-    text, gaps, last = "", [], time.monotonic()
-    holder, req_id = None, ""
-    for chunk in stream(stack.url, faults.api_key, PROMPT, NUM_TOKENS):
-        now = time.monotonic()
-        gaps.append(now - last)
-        last = now
-        if chunk.choices:
-            text += chunk.choices[0].delta.content or ""
-        if holder is None and len(text) > 40:
-            req_id = req_id_of_chunk(chunk.id)
-            holder = holder_of(stack, store, req_id)
-            holder.send_signal(signal.SIGSTOP)
-            last = time.monotonic()
-    assert holder is not None
-    assert text == reference
-    print(f"longest stall after the freeze: {max(gaps):.2f} s")
-    assert max(gaps) <= MAX_STALL_S
+    run = stream_through_a_fault(faults, PROMPT, NUM_TOKENS, signal.SIGSTOP)
+    holder, req_id = run.holder, run.req_id
+    assert run.text == reference
+    print(f"longest stall after the freeze: {run.longest_stall_s:.2f} s")
+    assert run.longest_stall_s <= MAX_STALL_S
 
     holder.send_signal(signal.SIGCONT)
     wait_for(lambda: len(heartbeats(store)) == 2, 30, "heartbeat from the woken worker")

@@ -20,7 +20,15 @@ import redis
 from busstop.redis_server import free_port
 from shared import keys
 from shared.messages import ReplyKind
-from tests.faults.conftest import MAX_STALL_S, FaultsStack, holder_of, replace_worker, stream, wait_for
+from tests.faults.conftest import (
+    MAX_STALL_S,
+    FaultsStack,
+    holder_of,
+    replace_worker,
+    stream,
+    stream_through_a_fault,
+    wait_for,
+)
 from tests.stack import MODEL, reply_events, req_id_of_chunk
 from worker.loader.load import load_tokenizer, resolve_path
 
@@ -37,24 +45,11 @@ def text_of(chunks: openai.Stream) -> str:  # type: ignore[type-arg]
 def test_a_killed_worker_costs_a_short_stall_and_not_a_byte(faults: FaultsStack) -> None:
     stack, store = faults.stack, faults.store
     reference = faults.reference(PROMPT, NUM_TOKENS)
-    text, gaps, last = "", [], time.monotonic()
-    holder = None
-    for chunk in stream(stack.url, faults.api_key, PROMPT, NUM_TOKENS):
-        now = time.monotonic()
-        gaps.append(now - last)
-        last = now
-        if chunk.choices:
-            text += chunk.choices[0].delta.content or ""
-        if holder is None and len(text) > 40:
-            holder = holder_of(stack, store, req_id_of_chunk(chunk.id))
-            holder.send_signal(signal.SIGKILL)
-            holder.wait(timeout=30)
-            last = time.monotonic()
-    assert holder is not None
-    assert text == reference  # nothing lost, nothing doubled: the same bytes as without the kill
-    print(f"longest stall after the kill: {max(gaps):.2f} s")
-    assert max(gaps) <= MAX_STALL_S
-    replace_worker(stack, store, holder)
+    run = stream_through_a_fault(faults, PROMPT, NUM_TOKENS, signal.SIGKILL)
+    assert run.text == reference  # nothing lost, nothing doubled: the same bytes as without the kill
+    print(f"longest stall after the kill: {run.longest_stall_s:.2f} s")
+    assert run.longest_stall_s <= MAX_STALL_S
+    replace_worker(stack, store, run.holder)  # the next test needs two workers
 
 
 def _ends_inside_a_character(decode, store: redis.Redis, req_id: str) -> bool:  # type: ignore[no-untyped-def]
@@ -92,7 +87,7 @@ def test_a_worker_killed_inside_a_multibyte_character_resumes_at_the_exact_byte(
     killer.join(timeout=300)
     assert killed, "no token boundary inside a character was caught"
     assert text == reference
-    replace_worker(stack, store, killed[0])
+    stack.workers.remove(killed[0])  # the tests after this one need a single worker
 
 
 def test_a_killed_gateway_stops_its_work_and_frees_its_slot(faults: FaultsStack) -> None:
