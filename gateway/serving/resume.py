@@ -10,6 +10,7 @@ exactly) and sends only what lies after the cursor: nothing twice, nothing missi
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Literal
 
@@ -27,6 +28,9 @@ from gateway.traffic import Lease
 from gateway.transport.generation import Generation
 from shared import keys
 from shared.messages import GenerateRequest, TrafficClass, Usage
+from shared.retry import REDIS_ERRORS
+
+logger = logging.getLogger(__name__)
 
 LAST_EVENT_ID_HEADER = "last-event-id"
 
@@ -81,9 +85,15 @@ class ResumedSlot:
         return self._slot
 
     async def release(self, usage: Usage | None) -> None:
+        """Never raises, as ``RateLimitLease.release``: the stream must still end cleanly (the slot's
+        short lease frees it by itself)."""
         slot, self._slot = self._slot, None
-        if slot is not None:
+        if slot is None:
+            return
+        try:
             await self._redis.zrem(*slot)
+        except REDIS_ERRORS as exc:
+            logger.warning("could not free the concurrency slot of a resumed stream: %s", exc)
 
 
 def gone(completion_id: str) -> OpenAIError:
