@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+import redis
+
 from busstop.children import die_with_parent
 
 
@@ -45,17 +47,25 @@ class RedisServer:
     """A redis-server child process on loopback; ``url`` is ready once the context is entered."""
 
     def __init__(
-        self, port: int | None = None, data_dir: str | None = None, appendonly: bool = True
+        self,
+        port: int | None = None,
+        data_dir: str | None = None,
+        appendonly: bool = True,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="busstop-redis-")
         self.data_dir = data_dir or self._tmp.name  # type: ignore[union-attr]
         self.appendonly = appendonly
+        self._extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = [
@@ -67,6 +77,7 @@ class RedisServer:
             # Every write is logged and fsynced once a second: a crash loses at most the last second.
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
+            *self._extra_args,
         ]
         # Own session: a Ctrl-C meant for `busstop up` must not kill Redis before the worker has finished.
         self.process = subprocess.Popen(

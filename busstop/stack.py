@@ -27,6 +27,7 @@ import httpx
 
 from busstop.banner import banner, describe_keys
 from busstop.children import die_with_parent
+from busstop.redis_cluster import LocalRedisCluster
 from busstop.redis_server import RedisServer, free_port
 from gateway.core.auth import KeyClass, KeyEntry, KeysFile, hash_key
 
@@ -50,6 +51,7 @@ class LocalStack:
         log_dir: Path | None = None,
         num_workers: int = 1,
         redis_dir: str | None = None,
+        redis_cluster: bool = False,
     ) -> None:
         if num_workers < 1:
             raise ValueError("num_workers must be >= 1")
@@ -59,7 +61,10 @@ class LocalStack:
         # accepted requests, Batch jobs and files' records.
         if redis_dir is not None:
             Path(redis_dir).mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(port=redis_port, data_dir=redis_dir)
+        self.redis: RedisServer | LocalRedisCluster = (
+            LocalRedisCluster() if redis_cluster else RedisServer(port=redis_port, data_dir=redis_dir)
+        )
+        self.redis_cluster = redis_cluster
         self._env = dict(env or {})
         # A keys file given by the user is served as it is; otherwise two dev keys, public and internal.
         self.keys_file: str | None = self._env.get("BUSSTOP_KEYS_FILE") or os.environ.get("BUSSTOP_KEYS_FILE")
@@ -86,6 +91,7 @@ class LocalStack:
         """The environment of a child; ``extra`` wins (a test's second gateway may bring its own keys)."""
         env = {**os.environ, **self._env, "BUSSTOP_KEYS_FILE": str(self.keys_file), **(extra or {})}
         env["BUSSTOP_REDIS_URL"] = self.redis.url
+        env["BUSSTOP_REDIS_CLUSTER"] = "true" if self.redis_cluster else "false"
         env.setdefault("BUSSTOP_MODELS", DEFAULT_MODEL)
         env.pop("BUSSTOP_DEV_API_KEY", None)
         return env
@@ -218,6 +224,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-dir", default=env("BUSSTOP_REDIS_DIR", "data/redis"),
                         help="Redis's append-only file, kept across restarts (BUSSTOP_REDIS_DIR; "
                              "default %(default)s)")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        default=env("BUSSTOP_REDIS_CLUSTER", "") not in ("", "0", "false"),
+                        help="a local Redis Cluster of 3 primaries and 3 replicas instead of one Redis, "
+                             "fresh each time (BUSSTOP_REDIS_CLUSTER)")
     parser.add_argument("--host", default=env("BUSSTOP_HOST", "127.0.0.1"),
                         help="the gateway's address (BUSSTOP_HOST; default %(default)s)")
     parser.add_argument("--workers", type=int, default=_env_int("BUSSTOP_WORKERS", 1),
@@ -271,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     env = worker_env(args)  # ValueError: one line, nothing started
     stack = LocalStack(
         port=args.port, redis_port=args.redis_port, host=args.host, env=env, num_workers=args.workers,
-        redis_dir=args.redis_dir,
+        redis_dir=args.redis_dir, redis_cluster=args.redis_cluster,
     )
     if not stack.api_key:
         describe_keys(str(stack.keys_file))  # a bad keys file is one line, before anything starts

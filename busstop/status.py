@@ -20,6 +20,7 @@ import redis
 from busstop.stack import STATE_FILE
 from shared import keys
 from shared.messages import DATA_FIELD, MessageError, TrafficClass, WorkerHeartbeat, decode
+from shared.redis_client import connect_sync
 
 
 @dataclass(frozen=True)
@@ -69,22 +70,28 @@ def read_workers(client: redis.Redis) -> list[WorkerHeartbeat]:
     return sorted(beats, key=lambda b: (b.model, b.worker_id))
 
 
-def read_queue(client: redis.Redis, model: str, traffic_class: TrafficClass, now: float) -> QueueRow:
-    stream = keys.request_stream(model, traffic_class)
-    length = int(client.xlen(stream))
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:  # no stream yet
-        groups = []
-    group = next((g for g in groups if _text(g["name"]) == keys.WORKER_GROUP), None)
-    in_flight = int(group["pending"]) if group else 0
-    oldest = None
-    if length > in_flight:
-        start = f"({_text(group['last-delivered-id'])}" if group else "-"
-        first = client.xrange(stream, min=start, max="+", count=1)
-        if first:
-            oldest = max(0.0, now - _entry_ms(_text(first[0][0])) / 1000)
-    return QueueRow(model, traffic_class.value, length - in_flight, in_flight, oldest)
+def read_queue(
+    client: redis.Redis, model: str, traffic_class: TrafficClass, now: float, partitions: int = 1
+) -> QueueRow:
+    waiting = in_flight = 0
+    oldest: float | None = None
+    for partition in range(partitions):
+        stream = keys.request_stream(model, traffic_class, partition)
+        length = int(client.xlen(stream))
+        try:
+            groups = client.xinfo_groups(stream)
+        except redis.ResponseError:  # no stream yet
+            groups = []
+        group = next((g for g in groups if _text(g["name"]) == keys.WORKER_GROUP), None)
+        held = int(group["pending"]) if group else 0
+        waiting, in_flight = waiting + length - held, in_flight + held
+        if length > held:
+            start = f"({_text(group['last-delivered-id'])}" if group else "-"
+            first = client.xrange(stream, min=start, max="+", count=1)
+            if first:
+                age = max(0.0, now - _entry_ms(_text(first[0][0])) / 1000)
+                oldest = age if oldest is None else max(oldest, age)
+    return QueueRow(model, traffic_class.value, waiting, in_flight, oldest)
 
 
 def read_batches(client: redis.Redis) -> list[BatchRow]:
@@ -98,13 +105,13 @@ def read_batches(client: redis.Redis) -> list[BatchRow]:
     return rows
 
 
-def read_status(client: redis.Redis) -> PoolStatus:
+def read_status(client: redis.Redis, partitions: int = 1) -> PoolStatus:
     now = time.time()
     workers = read_workers(client)
     names = client.scan_iter(match=keys.REQUEST_STREAMS_PATTERN, count=1000)
     streamed = {keys.model_of_request_stream(_text(n)) for n in names}
     models = sorted({w.model for w in workers} | streamed)
-    queues = [read_queue(client, m, tc, now) for m in models for tc in TrafficClass]
+    queues = [read_queue(client, m, tc, now, partitions) for m in models for tc in TrafficClass]
     return PoolStatus(workers, queues, read_batches(client), now)
 
 
@@ -155,12 +162,24 @@ def redis_url(arg: str | None) -> str:
     raise ValueError("no running `busstop up` found; pass --redis URL or set BUSSTOP_REDIS_URL")
 
 
+def is_cluster(url: str) -> bool:
+    """Whether ``url`` is a node of a Redis Cluster."""
+    with redis.Redis.from_url(url, socket_timeout=5) as client:
+        return bool(client.info("cluster").get("cluster_enabled"))
+
+
 def run(args: argparse.Namespace) -> int:
-    client = redis.Redis.from_url(redis_url(args.redis), socket_timeout=5)
+    url = redis_url(args.redis)
+    try:
+        cluster = is_cluster(url)
+    except redis.RedisError as exc:
+        print(f"busstop status: Redis unreachable: {exc}", file=sys.stderr)
+        return 1
+    client = connect_sync(url, 5.0, cluster)
     try:
         while True:
             try:
-                text = render(read_status(client))
+                text = render(read_status(client, keys.request_partitions(cluster)))
             except redis.RedisError as exc:
                 print(f"busstop status: Redis unreachable: {exc}", file=sys.stderr)
                 return 1

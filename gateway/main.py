@@ -26,7 +26,8 @@ from gateway.ratelimit.queue_cap import QueueCap, QueueCapSettings
 from gateway.traffic import Admission
 from gateway.transport.presence import GatewayPresence
 from gateway.transport.workers import WorkerRegistry
-from shared.retry import connect
+from shared import keys
+from shared.redis_client import connect
 from shared.telemetry.tracing import setup_tracing
 
 UNTRACED_PATHS = PROBE_PATHS
@@ -46,8 +47,9 @@ def create_app(settings: GatewaySettings | None = None, admission: Admission | N
         s = settings or get_settings()
         setup_tracing("busstop-gateway")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
         # Blocking XREADs hold the socket for up to read_block_ms on purpose.
-        redis = connect(s.redis_url, s.redis_timeout_s, s.read_block_ms / 1000)
-        presence = GatewayPresence(s.redis_url, s.gateway_id, s.redis_timeout_s)
+        redis = connect(s.redis_url, s.redis_timeout_s, s.read_block_ms / 1000, s.redis_cluster)
+        partitions = keys.request_partitions(s.redis_cluster)
+        presence = GatewayPresence(s.redis_url, s.gateway_id, s.redis_timeout_s, cluster=s.redis_cluster)
         presence.start()
         app.state.gateway = GatewayState(
             settings=s,
@@ -55,7 +57,7 @@ def create_app(settings: GatewaySettings | None = None, admission: Admission | N
             workers=WorkerRegistry(redis, s.worker_refresh_s),
             keys=build_key_store(s),
             admission=admission
-            or RateLimitAdmission(redis, QueueCap.from_settings(QueueCapSettings()), presence),
+            or RateLimitAdmission(redis, QueueCap.from_settings(QueueCapSettings(), partitions), presence),
             presence=presence,
         )
         batch = await open_batch_service(app, app.state.gateway)

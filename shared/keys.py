@@ -1,25 +1,45 @@
-"""Every Redis key and stream name busstop uses, with how long each lives."""
+"""Every Redis key and stream name busstop uses, with how long each lives.
+
+Every name carries a hash tag (the part in braces), so that on a Redis Cluster the keys one command,
+transaction or script touches share a slot: a request's reply stream, owner, lease and poison mark
+share ``{req_id}``; an API key's buckets ``{key_id}``; a model's request streams of one partition
+``{model/partition}``; heartbeats ``{workers}``; the Batch API's records ``{batches}``.
+"""
 
 from __future__ import annotations
+
+import zlib
 
 from shared.messages import TrafficClass
 
 PREFIX = "busstop"
 
-# Request streams: one per (model, traffic class), read by the consumer group of that model's workers.
+# Request streams: one per (model, traffic class, partition), read by the consumer group of that
+# model's workers. On one Redis a model has one partition; on a cluster, CLUSTER_PARTITIONS, each in a
+# slot of its own, so one popular model spreads over the shards. A request's partition follows from
+# its req_id; workers read them all.
 WORKER_GROUP = "workers"
+CLUSTER_PARTITIONS = 8
 
 
-def request_stream(model: str, traffic_class: TrafficClass | str) -> str:
-    return f"{PREFIX}:requests:{model}:{TrafficClass(traffic_class).value}"
+def request_partitions(cluster: bool) -> int:
+    return CLUSTER_PARTITIONS if cluster else 1
+
+
+def partition_of(req_id: str, partitions: int) -> int:
+    return zlib.crc32(req_id.encode()) % partitions
+
+
+def request_stream(model: str, traffic_class: TrafficClass | str, partition: int = 0) -> str:
+    return f"{PREFIX}:requests:{{{model}/{partition}}}:{TrafficClass(traffic_class).value}"
 
 
 REQUEST_STREAMS_PATTERN = f"{PREFIX}:requests:*"
 
 
 def model_of_request_stream(name: str) -> str:
-    """The model of a ``request_stream`` name (model names may hold colons; classes do not)."""
-    return name.removeprefix(f"{PREFIX}:requests:").rsplit(":", 1)[0]
+    """The model of a ``request_stream`` name (model names may hold slashes; partitions do not)."""
+    return name[name.index("{") + 1 : name.rindex("}")].rsplit("/", 1)[0]
 
 
 # Reply streams: one per request, written by the worker that holds it, read by the gateway.
@@ -31,14 +51,18 @@ REPLY_DONE_TTL_S = 120
 
 
 def reply_stream(req_id: str) -> str:
-    return f"{PREFIX}:replies:{req_id}"
+    return f"{PREFIX}:replies:{{{req_id}}}"
+
+
+def req_id_of_reply_stream(name: str) -> str:
+    return name[name.index("{") + 1 : name.rindex("}")]
 
 
 # Stream records (gateway/serving/resume.py): what any gateway replica needs to resume a client's SSE
 # stream of completion ``completion_id`` from its Last-Event-ID (the format, the choices' req_ids, the
 # caller's tenant, the concurrency slot). Written when the stream starts; lives as long as a reply can.
 def stream_record(completion_id: str) -> str:
-    return f"{PREFIX}:streams:{completion_id}"
+    return f"{PREFIX}:streams:{{{completion_id}}}"
 
 
 # Owners: the worker that may write a request's reply stream. A worker that takes over a request sets
@@ -46,7 +70,7 @@ def stream_record(completion_id: str) -> str:
 # so a worker that was paused or cut off cannot write after another took its request over (fencing).
 # Lives as long as the reply stream.
 def owner_key(req_id: str) -> str:
-    return f"{PREFIX}:owner:{req_id}"
+    return f"{PREFIX}:owner:{{{req_id}}}"
 
 
 # Poison marks: a request that failed an engine step on its own is marked here (the value says why),
@@ -55,7 +79,7 @@ POISON_TTL_S = REPLY_TTL_S
 
 
 def poison_key(req_id: str) -> str:
-    return f"{PREFIX}:poison:{req_id}"
+    return f"{PREFIX}:poison:{{{req_id}}}"
 
 
 # Control stream: one per worker; the gateway sends CancelRequest messages there. Trimmed to
@@ -65,7 +89,7 @@ CONTROL_TTL_S = 3600
 
 
 def control_stream(worker_id: str) -> str:
-    return f"{PREFIX}:control:{worker_id}"
+    return f"{PREFIX}:control:{{{worker_id}}}"
 
 
 # Heartbeats: a WorkerHeartbeat JSON under a key that lives HEARTBEAT_TTL_S; workers refresh it
@@ -77,11 +101,11 @@ HEARTBEAT_TTL_S = 1.5
 
 
 def worker_key(model: str, worker_id: str) -> str:
-    return f"{PREFIX}:workers:{model}:{worker_id}"
+    return f"{PREFIX}:{{workers}}:{model}:{worker_id}"
 
 
 def worker_pattern(model: str = "*") -> str:
-    return f"{PREFIX}:workers:{model}:*"
+    return f"{PREFIX}:{{workers}}:{model}:*"
 
 
 # A pending request message idle this long is orphaned whoever holds it (e.g. a live worker lost track
@@ -97,7 +121,7 @@ GATEWAY_TTL_S = 1.0
 
 
 def gateway_key(gateway_id: str) -> str:
-    return f"{PREFIX}:gateways:{gateway_id}"
+    return f"{PREFIX}:gateways:{{{gateway_id}}}"
 
 
 # Leases the serving gateway renews every LEASE_RENEW_S while it waits for a request: the request's
@@ -109,7 +133,7 @@ LEASE_S = 10
 
 
 def request_lease(req_id: str) -> str:
-    return f"{PREFIX}:lease:{req_id}"
+    return f"{PREFIX}:lease:{{{req_id}}}"
 
 
 # Rate limits (gateway/ratelimit): per API key, a request bucket and a token bucket (hashes that
@@ -120,35 +144,37 @@ RATELIMIT_LEASE_S = 6
 
 def ratelimit_key(key_id: str, kind: str) -> str:
     """``kind`` is ``requests``, ``tokens`` or ``inflight``."""
-    return f"{PREFIX}:ratelimit:{key_id}:{kind}"
+    return f"{PREFIX}:ratelimit:{{{key_id}}}:{kind}"
 
 
 # Files API (gateway/batch): metadata hash per file; the bytes live in the gateway's storage dir.
 # Kept until deleted.
 def file_key(file_id: str) -> str:
-    return f"{PREFIX}:files:{file_id}"
+    return f"{PREFIX}:files:{{{file_id}}}"
 
 
 # Batch API (gateway/batch): one hash per batch (status, counts, the object's JSON), a per-tenant index
 # (sorted by creation time), the set of batches a runner must drive, one lease per batch held by the
 # gateway replica driving it, and per-line state (submitted req_ids, results, errors), deleted when the
 # batch is finalized. Batches themselves are kept until BATCH_TTL_S after they end.
+# All in one slot ({batches}): creating and ending a batch touch its hash, the index and the active
+# set at once. The lines are dropped once the batch's output file is written.
 BATCH_TTL_S = 30 * 24 * 3600
-BATCHES_ACTIVE = f"{PREFIX}:batches:active"
+BATCHES_ACTIVE = f"{PREFIX}:{{batches}}:active"
 
 
 def batch_key(batch_id: str) -> str:
-    return f"{PREFIX}:batches:{batch_id}"
+    return f"{PREFIX}:{{batches}}:{batch_id}"
 
 
 def batches_index(tenant: str) -> str:
-    return f"{PREFIX}:batches:index:{tenant}"
+    return f"{PREFIX}:{{batches}}:index:{tenant}"
 
 
 def batch_lease(batch_id: str) -> str:
-    return f"{PREFIX}:batches:{batch_id}:lease"
+    return f"{PREFIX}:{{batches}}:{batch_id}:lease"
 
 
 def batch_lines(batch_id: str, kind: str) -> str:
     """``kind`` is ``submitted`` (line -> req_id), ``results`` or ``errors`` (line -> output JSON line)."""
-    return f"{PREFIX}:batches:{batch_id}:{kind}"
+    return f"{PREFIX}:{{batches}}:{batch_id}:{kind}"

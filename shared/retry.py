@@ -18,11 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.exceptions import ClusterError, ReadOnlyError, RedisError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
@@ -30,9 +27,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # What a stalled or unreachable Redis raises; a BusyLoadingError (Redis loading its AOF) is a
-# ConnectionError too.
+# ConnectionError too. During a Redis Cluster failover a client also sees the cluster as down, a slot
+# with no primary yet, TRYAGAIN, or READONLY from a primary just turned replica.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError, RedisTimeoutError, OSError, TimeoutError
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    TimeoutError,
+    ClusterError,
+    SlotNotCoveredError,
+    TryAgainError,
+    ReadOnlyError,
 )
 
 # Every error a Redis call can end in: the transient ones and Redis's own answers (e.g. OOM, NOGROUP).
@@ -88,15 +93,3 @@ class RetryPolicy:
 # Loops that must outlive any outage (intake, control, heartbeat) retry forever, at least every
 # quarter second, so a worker serves again within that of Redis returning.
 FOREVER = RetryPolicy(cap_s=0.25, deadline_s=math.inf)
-
-
-def connect(url: str, timeout_s: float, max_block_s: float = 0.0) -> Redis:
-    """An async client that gives up on a silent Redis after ``timeout_s`` (plus ``max_block_s``, the
-    longest blocking read it makes) and does not retry by itself: ``RetryPolicy`` is the one policy."""
-    return Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s + max_block_s,
-        retry=Retry(NoBackoff(), 0),
-    )

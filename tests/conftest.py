@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from busstop.redis_cluster import LocalRedisCluster
 from busstop.redis_server import RedisServer
 from tests.stack import stack, store  # noqa: F401 - one running stack for the e2e, browser and load tests
 
@@ -41,3 +42,18 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """One real Redis Cluster (3 primaries, 3 replicas) for the tests that need one."""
+    with LocalRedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalRedisCluster) -> Iterator[str]:
+    """The session's Redis Cluster, emptied before each test that uses it."""
+    with redis_cluster.client() as client:
+        client.flushall()
+    yield redis_cluster.url

@@ -6,6 +6,7 @@ start their own. Heartbeats and reclaim run on their defaults: a dead worker's r
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,12 +25,16 @@ MODEL = DEFAULT_MODEL
 MAX_MODEL_LEN = 512
 READY_TIMEOUT_S = 240.0  # model loads are slow on a busy 2-core machine
 
+# `BUSSTOP_TEST_REDIS_CLUSTER=1 pytest tests/e2e` runs the end-to-end suite on a local 6-node Redis Cluster.
+ON_CLUSTER = os.environ.get("BUSSTOP_TEST_REDIS_CLUSTER", "") not in ("", "0", "false")
+
 E2E_ENV = {
     "BUSSTOP_MODEL_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
     "BUSSTOP_MODEL_KV_CACHE_BYTES": str(64 * 1024 * 1024),
     "BUSSTOP_WORKER_REFRESH_S": "0.25",
     "BUSSTOP_LOG_FORMAT": "text",
     "TOKENIZERS_PARALLELISM": "false",
+    **({"BUSSTOP_REDIS_CLUSTER": "true"} if ON_CLUSTER else {}),  # for `busstop up`, too
 }
 
 
@@ -38,10 +43,11 @@ def running_stack(
     log_dir: Path, num_workers: int = 1, env: dict[str, str] | None = None
 ) -> Iterator[LocalStack]:
     """A started stack with all ``num_workers`` workers live (logs in ``log_dir``), stopped on exit."""
-    stack = LocalStack(port=0, env={**E2E_ENV, **(env or {})}, log_dir=log_dir, num_workers=num_workers)
+    env = {**E2E_ENV, **(env or {})}
+    stack = LocalStack(port=0, env=env, log_dir=log_dir, num_workers=num_workers, redis_cluster=ON_CLUSTER)
     stack.start(timeout_s=READY_TIMEOUT_S)
     try:
-        client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+        client = stack.redis.client()
         deadline = time.monotonic() + READY_TIMEOUT_S
         while len(heartbeats(client)) < num_workers and time.monotonic() < deadline:
             time.sleep(0.25)
@@ -60,7 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture(scope="session")
 def store(stack: LocalStack) -> Iterator[redis.Redis]:
     """The stack's Redis, to look at what workers and the gateway wrote."""
-    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    client = stack.redis.client()
     yield client
     client.close()
 

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from shared.retry import connect
+from shared.redis_client import connect
 from shared.telemetry.logs import configure_logging
 from shared.telemetry.tracing import setup_tracing
 from worker.engine.config import EngineConfig
@@ -87,7 +87,12 @@ async def serve(
     # Only now: a scrapeable /metrics port is what the Kubernetes probes take for "model loaded".
     start_metrics_server(settings.metrics_port)
     # The longest blocking read is an intake XREADGROUP or a control XREAD.
-    redis = connect(settings.redis_url, settings.redis_timeout_s, max(settings.intake_block_ms, 1000) / 1000)
+    redis = connect(
+        settings.redis_url,
+        settings.redis_timeout_s,
+        max(settings.intake_block_ms, 1000) / 1000,
+        settings.redis_cluster,
+    )
     service = WorkerService(
         settings,
         redis,

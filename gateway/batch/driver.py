@@ -31,8 +31,7 @@ from gateway.batch.serving import ServingExecutor
 from gateway.batch.store import BatchStore, errors_of
 from gateway.core.errors import OpenAIError
 from gateway.telemetry.request import CLIENT_CLOSED
-from shared import keys
-from shared.messages import ReplyKind, TrafficClass
+from shared.messages import ReplyKind
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +153,10 @@ class BatchDriver:
             await self._store.record(batch.id, line.index, out, is_ok=False)
             return
         generation = self._executor.generation(request)
-        stream = keys.request_stream(request.model, TrafficClass.BATCH)
-        if prior is None:
+        stream = generation.request_stream
+        if prior is None or not prior[1]:  # never submitted, or its runner died while submitting
             message = generation.request.model_dump_json()  # it carries the trace's parent
-            await self._store.submit(batch.id, line.index, req_id, stream, message)
-            prior = await self._store.submitted_line(batch.id, line.index)
-            assert prior is not None  # just submitted, by this call or a concurrent one
+            prior = await self._store.submit(batch.id, line.index, req_id, stream, message)
         line_sent = Submitted(prior[0], stream, prior[1])
         events = await await_line(
             generation, self._redis, line_sent, self._stopping, self._settings.batch_lost_check_s

@@ -3,8 +3,8 @@
 Every change that must happen once is one atomic step in Redis:
 - a status change is a compare-and-set on the status (``_TRANSITION``), so cancel and finalize never
   both win, and a batch is finalized once;
-- a line is submitted only by whoever first marks it submitted (``_SUBMIT``: HSETNX, then XADD), so a
-  resumed or duplicate runner never puts a line on the request stream twice;
+- a line is submitted only by whoever first marks it submitted (HSETNX, then XADD), so a resumed or
+  duplicate runner does not put a line on the request stream twice (but see ``submit``);
 - a line's result is recorded, and counted, only once (``_RECORD``: HSETNX, then HINCRBY).
 """
 
@@ -25,6 +25,7 @@ from gateway.batch.models import (
     batch_to_fields,
 )
 from shared import keys
+from shared.messages import DATA_FIELD
 
 # KEYS[1] batch hash. ARGV[1] allowed current statuses "a,b", ARGV[2] new status, ARGV[3..] field/value pairs.
 _TRANSITION = """
@@ -39,13 +40,6 @@ end
 return 0
 """
 
-# KEYS[1] submitted hash, KEYS[2] request stream. ARGV[1] line index, ARGV[2] req_id, ARGV[3] message JSON.
-_SUBMIT = """
-if redis.call("HSETNX", KEYS[1], ARGV[1], ARGV[2]) == 0 then return false end
-local msg_id = redis.call("XADD", KEYS[2], "*", "data", ARGV[3])
-redis.call("HSET", KEYS[1], ARGV[1], ARGV[2] .. " " .. msg_id)
-return msg_id
-"""
 
 # KEYS[1] results or errors hash, KEYS[2] batch hash. ARGV[1] line index, ARGV[2] line, ARGV[3] counter field.
 _RECORD = """
@@ -79,7 +73,6 @@ class BatchStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._transition = redis.register_script(_TRANSITION)
-        self._submit = redis.register_script(_SUBMIT)
         self._record = redis.register_script(_RECORD)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -141,11 +134,25 @@ class BatchStore:
 
     # --- lines ---------------------------------------------------------------------------------------
 
-    async def submit(self, batch_id: str, index: int, req_id: str, stream: str, message: str) -> str | None:
-        """XADD the line's request unless it was ever submitted; the message id if this call submitted it."""
+    async def submit(
+        self, batch_id: str, index: int, req_id: str, stream: str, message: str
+    ) -> tuple[str, str]:
+        """Put the line's request on ``stream`` unless it was; the line's (req_id, request message id).
+
+        Three steps, not one script: on a Redis Cluster the line's record and the request stream live
+        in different slots. A runner that died between marking the line and adding it left a req_id
+        without a message id; the next runner adds it, so in that one case a line may run twice (its
+        result is kept once).
+        """
         submitted = keys.batch_lines(batch_id, "submitted")
-        msg_id = await self._submit(keys=[submitted, stream], args=[index, req_id, message])
-        return _str(msg_id) if msg_id else None
+        await self._redis.hsetnx(submitted, str(index), req_id)
+        line = await self.submitted_line(batch_id, index)
+        assert line is not None  # just marked
+        if line[1]:
+            return line
+        msg_id = _str(await self._redis.xadd(stream, {DATA_FIELD: message}))
+        await self._redis.hset(submitted, str(index), f"{line[0]} {msg_id}")
+        return line[0], msg_id
 
     async def submitted_line(self, batch_id: str, index: int) -> tuple[str, str] | None:
         """(req_id, request message id) of a submitted line."""

@@ -21,6 +21,8 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BUSSTOP_", env_file=".env", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The URL is any node of a Redis Cluster (keys carry hash tags; request streams are partitioned).
+    redis_cluster: bool = False
     # Seconds to wait for Redis to accept a connection or answer a command before answering 503.
     redis_timeout_s: float = Field(default=2.0, gt=0)
     # How long a running request's reads ride out a Redis outage (retried with backoff) before the

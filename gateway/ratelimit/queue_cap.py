@@ -32,9 +32,10 @@ class QueueCapSettings(BaseSettings):
 class QueueCap:
     max_queued: dict[TrafficClass, int]
     retry_after_s: int
+    partitions: int = 1  # of each request stream (``keys.request_partitions``)
 
     @classmethod
-    def from_settings(cls, settings: QueueCapSettings) -> QueueCap:
+    def from_settings(cls, settings: QueueCapSettings, partitions: int = 1) -> QueueCap:
         caps = {
             TrafficClass.INTERACTIVE: settings.max_queued_interactive,
             TrafficClass.PRIORITY: settings.max_queued_priority,
@@ -42,17 +43,23 @@ class QueueCap:
         }
         if any(v < 0 for v in caps.values()) or settings.queue_retry_after_s < 1:
             raise ValueError("queue caps must be >= 0 and queue_retry_after_s >= 1")
-        return cls(max_queued=caps, retry_after_s=settings.queue_retry_after_s)
+        return cls(max_queued=caps, retry_after_s=settings.queue_retry_after_s, partitions=partitions)
 
     async def is_full(self, redis: Redis, model: str, traffic_class: TrafficClass) -> bool:
         """Whether the class's stream already holds as many unstarted requests as it may."""
         cap = self.max_queued[traffic_class]
-        return cap > 0 and await num_queued(redis, model, traffic_class) >= cap
+        return cap > 0 and await num_queued(redis, model, traffic_class, self.partitions) >= cap
 
 
-async def num_queued(redis: Redis, model: str, traffic_class: TrafficClass) -> int:
-    """Requests of (model, class) that no worker has taken yet."""
-    stream = keys.request_stream(model, traffic_class)
+async def num_queued(redis: Redis, model: str, traffic_class: TrafficClass, partitions: int = 1) -> int:
+    """Requests of (model, class) that no worker has taken yet, in all partitions."""
+    total = 0
+    for partition in range(partitions):
+        total += await _num_queued(redis, keys.request_stream(model, traffic_class, partition))
+    return total
+
+
+async def _num_queued(redis: Redis, stream: str) -> int:
     try:
         groups = await redis.xinfo_groups(stream)
     except ResponseError:  # no such stream yet: nothing queued

@@ -58,13 +58,18 @@ class Generation:
         self._settings = settings
         self._reader = ReplyReader(redis, request.req_id)
         self._reads = RetryPolicy(deadline_s=settings.redis_retry_s)
-        self._stream = keys.request_stream(request.model, request.traffic_class)
+        partition = keys.partition_of(request.req_id, keys.request_partitions(settings.redis_cluster))
+        self._stream = keys.request_stream(request.model, request.traffic_class, partition)
         self._message_id: str | bytes | None = None
         self._early: list[ReplyEvent] = []  # events read together with the first one
 
     @property
     def req_id(self) -> str:
         return self.request.req_id
+
+    @property
+    def request_stream(self) -> str:
+        return self._stream
 
     def attach(self, message_id: str | bytes) -> None:
         """The request was put on its stream elsewhere (the Batch API records it with the line)."""

@@ -13,18 +13,19 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Protocol
-
-import redis
+from typing import Any, Protocol
 
 from shared import keys
+from shared.redis_client import LuaScript, connect_sync, execute_loading_sync
 from shared.retry import FOREVER, REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
-_RENEW_LUA = (Path(__file__).parents[1] / "ratelimit" / "renew.lua").read_text()
+_RENEW_SLOTS = LuaScript((Path(__file__).parents[1] / "ratelimit" / "renew.lua").read_text())
 # A lease is dropped only while this gateway holds it: a client may have resumed the stream elsewhere.
-_DROP_OWN_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_DROP_OWN = LuaScript(
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 class Served(Protocol):
@@ -54,13 +55,10 @@ class GatewayPresence:
         renew_s: float = keys.LEASE_RENEW_S,
         lease_s: float = keys.LEASE_S,
         slot_lease_s: float = keys.RATELIMIT_LEASE_S,
+        cluster: bool = False,
     ) -> None:
         self.gateway_id = gateway_id
-        self._redis = redis.Redis.from_url(
-            redis_url, decode_responses=True, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
-        self._renew_slots = self._redis.register_script(_RENEW_LUA)
-        self._drop_own = self._redis.register_script(_DROP_OWN_LUA)
+        self._redis = connect_sync(redis_url, timeout_s, cluster)
         self._beat_s, self._ttl_ms = beat_s, int(ttl_s * 1000)
         self._renew_s, self._lease_ms = renew_s, int(lease_s * 1000)
         self._slot_lease_ms = int(slot_lease_s * 1000)
@@ -120,19 +118,21 @@ class GatewayPresence:
             live = {r.req_id for r in list(self._served) if not r.is_finished}
             ended = self._leased - live
             slots = [s.slot for s in list(self._slots)]
-        pipe = self._redis.pipeline(transaction=False)
-        for req_id in ended:
-            self._drop_own(keys=[keys.request_lease(req_id)], args=[self.gateway_id], client=pipe)
-        pipe.set(keys.gateway_key(self.gateway_id), "1", px=self._ttl_ms)
-        if renew:
-            for req_id in live:
-                pipe.set(keys.request_lease(req_id), self.gateway_id, px=self._lease_ms)
-            by_set: dict[str, list[str]] = {}
-            for slot in slots:
-                if slot is not None:
-                    by_set.setdefault(slot[0], []).append(slot[1])
-            for inflight, req_ids in by_set.items():
-                self._renew_slots(keys=[inflight], args=[self._slot_lease_ms, *req_ids], client=pipe)
-        pipe.execute()
+        by_set: dict[str, list[str]] = {}
+        for slot in slots:
+            if slot is not None:
+                by_set.setdefault(slot[0], []).append(slot[1])
+
+        def build(pipe: Any) -> None:
+            for req_id in ended:
+                _DROP_OWN.queue(pipe, [keys.request_lease(req_id)], [self.gateway_id])
+            pipe.set(keys.gateway_key(self.gateway_id), "1", px=self._ttl_ms)
+            if renew:
+                for req_id in live:
+                    pipe.set(keys.request_lease(req_id), self.gateway_id, px=self._lease_ms)
+                for inflight, req_ids in by_set.items():
+                    _RENEW_SLOTS.queue(pipe, [inflight], [self._slot_lease_ms, *req_ids])
+
+        execute_loading_sync(self._redis, build, [_DROP_OWN, _RENEW_SLOTS])
         with self._lock:
             self._leased -= ended

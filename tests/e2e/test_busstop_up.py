@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import redis
 
 from busstop.redis_server import free_port
 from shared.messages import ReplyKind
-from tests.stack import E2E_ENV, READY_TIMEOUT_S, reply_events
+from shared.redis_client import connect_sync
+from tests.stack import E2E_ENV, ON_CLUSTER, READY_TIMEOUT_S, reply_events
 
 
 def is_listening(port: int) -> bool:
@@ -132,7 +132,7 @@ def test_busstop_up_with_two_workers_serves_every_class_shows_the_pool_and_dies_
             assert busiest > 0
             responses = [f.result() for f in load]
         assert [r.status_code for r in responses] == [200] * 6
-        store = redis.Redis.from_url(redis_url, decode_responses=True)
+        store = connect_sync(redis_url, 5.0, ON_CLUSTER)
         served_by = {
             e.worker_id
             for r in responses

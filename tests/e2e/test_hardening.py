@@ -49,7 +49,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
         "BUSSTOP_BATCH_POLL_S": "0.2",
     }
     with running_stack(tmp / "logs", num_workers=2, env=env) as stack:
-        store = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+        store = stack.redis.client()
         assert len(heartbeats(store)) == 2
         yield Pool(stack, store, tmp / "logs")
         store.close()
@@ -172,7 +172,7 @@ def holder_of(stack: LocalStack, store: redis.Redis, req_id: str) -> int:
 def latest_req_id(store: redis.Redis, before: set[str]) -> str:
     names = set(store.scan_iter(match=keys.reply_stream("*"))) - before
     (name,) = names
-    return str(name).rsplit(":", 1)[1]
+    return keys.req_id_of_reply_stream(str(name))
 
 
 def test_an_8s_sigstop_of_the_holder_costs_latency_not_a_process(

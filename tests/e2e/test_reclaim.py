@@ -26,7 +26,7 @@ NUM_TOKENS = 96
 def three_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, redis.Redis]]:
     log_dir = tmp_path_factory.mktemp("e2e-reclaim")
     with running_stack(log_dir, num_workers=3, env={"BUSSTOP_WORKER_GRACE_PERIOD_S": "0.5"}) as stack:
-        client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+        client = stack.redis.client()
         assert len(heartbeats(client)) == 3
         yield stack, client
         client.close()

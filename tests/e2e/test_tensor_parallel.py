@@ -44,7 +44,7 @@ def rank_pids(worker_pid: int) -> list[int]:
 def tp_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, redis.Redis]]:
     """The stack with one TP=3 worker."""
     with running_stack(tmp_path_factory.mktemp("e2e-tp"), num_workers=1, env=TP_ENV) as stack:
-        client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+        client = stack.redis.client()
         yield stack, client
         client.close()
 

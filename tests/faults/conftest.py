@@ -53,7 +53,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultsStack]:
     (directory / "keys.json").write_text(KeysFile(keys=entries).model_dump_json())
     env = {"BUSSTOP_KEYS_FILE": str(directory / "keys.json")}
     with running_stack(directory / "logs", num_workers=2, env=env) as stack:
-        store = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+        store = stack.redis.client()
         assert len(heartbeats(store)) == 2
         yield FaultsStack(stack, store, api_key, storm_key)
         store.close()

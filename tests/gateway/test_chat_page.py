@@ -18,7 +18,7 @@ import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from busstop.stack import LocalStack
-from shared.keys import reply_stream
+from shared.keys import reply_stream, req_id_of_reply_stream
 from shared.messages import ReplyKind, WorkerHeartbeat
 from tests.stack import MODEL, heartbeats, reply_events
 
@@ -166,7 +166,7 @@ def test_stop_cancels_the_request_on_the_worker(page: Page, store: redis.Redis) 
 
     # The worker aborted the request: its reply ends in an abort, and no request is left running.
     (reply,) = set(store.scan_iter(match=reply_stream("*"))) - earlier_replies
-    req_id = reply.removeprefix(reply_stream(""))
+    req_id = req_id_of_reply_stream(reply)
     events = wait_until(
         lambda: (e := reply_events(store, req_id)) and e[-1].kind is ReplyKind.DONE and e,
         "the final reply event",

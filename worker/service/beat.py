@@ -17,9 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
-import redis
-
 from shared.messages import WorkerHeartbeat
+from shared.redis_client import connect_sync
 from shared.retry import FOREVER, REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -35,12 +34,11 @@ class HeartbeatThread:
         ttl_s: float,
         loop_stall_s: float,
         timeout_s: float,
+        cluster: bool = False,
     ) -> None:
         # The socket timeout stays below the TTL: a beat stuck on a dead connection is retried in time.
         timeout_s = min(timeout_s, ttl_s / 2)
-        self._redis = redis.Redis.from_url(
-            redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        self._redis = connect_sync(redis_url, timeout_s, cluster)
         self._key = key
         self._snapshot = snapshot
         self._interval_s, self._ttl_ms = interval_s, int(ttl_s * 1000)

@@ -7,6 +7,8 @@ a worker whose heartbeat is gone, and, later, any message left idle whoever hold
 
 from __future__ import annotations
 
+import asyncio
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,11 @@ from redis.exceptions import ResponseError
 
 from shared import keys
 from shared.messages import DATA_FIELD, TrafficClass
+from shared.redis_client import LuaScript, execute_loading
 from worker.service.replies import HeldMessage
 
 CLASS_ORDER = (TrafficClass.INTERACTIVE, TrafficClass.PRIORITY, TrafficClass.BATCH)
-_REFRESH_LUA = (Path(__file__).parent / "refresh.lua").read_text()
+_REFRESH = LuaScript((Path(__file__).parent / "refresh.lua").read_text())
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,16 @@ class IntakeMessage:
     num_deliveries: int = 1  # times the group handed it to a worker, this one included
 
 
-def request_streams(model: str, classes: tuple[TrafficClass, ...] = CLASS_ORDER) -> list[str]:
-    return [keys.request_stream(model, tc) for tc in classes]
+def request_streams(
+    model: str, classes: tuple[TrafficClass, ...] = CLASS_ORDER, partitions: int = 1
+) -> list[str]:
+    """Class by class, each class's partitions in turn."""
+    return [keys.request_stream(model, tc, p) for tc in classes for p in range(partitions)]
 
 
-async def ensure_groups(redis: Redis, model: str) -> None:
+async def ensure_groups(redis: Redis, model: str, partitions: int = 1) -> None:
     """Create the worker group on each request stream (and the stream) if missing."""
-    for stream in request_streams(model):
+    for stream in request_streams(model, partitions=partitions):
         try:
             await redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
@@ -60,39 +66,89 @@ async def read_new(
     count: int,
     block_ms: int | None,
     classes: tuple[TrafficClass, ...] = CLASS_ORDER,
+    partitions: int = 1,
+    blocking: BlockingReads | None = None,
 ) -> list[IntakeMessage]:
     """Up to ``count`` new messages of ``classes``, higher classes first.
 
-    Without ``block_ms`` every stream is polled in class order. With it, and nothing waiting, one
-    blocking read covers all streams; it returns at most one message per stream, so it may return
-    up to ``len(classes)`` messages even when ``count`` is smaller (the engine queues the extra).
+    Without ``block_ms`` every stream is polled in class order (partitions from a random one on, so
+    none waits behind the others). With it, and nothing waiting, one blocking read per partition
+    covers its streams (``blocking`` keeps those that did not return; needed with partitions). A
+    blocking read returns at most one message per stream, so more than ``count`` messages may come
+    back (the engine queues the extra).
     """
-    streams = request_streams(model, classes)
+    first = random.randrange(partitions)
+    order = [(first + i) % partitions for i in range(partitions)]
     taken: list[IntakeMessage] = []
-    for stream in streams:
-        if len(taken) >= count:
-            return taken
-        reply: Any = await redis.xreadgroup(
-            keys.WORKER_GROUP, consumer, {stream: ">"}, count=count - len(taken)
-        )
-        for name, entries in reply or []:
-            taken.extend(_messages(name, entries, reclaimed=False))
+    for tc in classes:
+        for p in order:
+            if len(taken) >= count:
+                return taken
+            stream = keys.request_stream(model, tc, p)
+            reply: Any = await redis.xreadgroup(
+                keys.WORKER_GROUP, consumer, {stream: ">"}, count=count - len(taken)
+            )
+            for name, entries in reply or []:
+                taken.extend(_messages(name, entries, reclaimed=False))
     if taken or block_ms is None:
         return taken
-    blocked: Any = await redis.xreadgroup(
+    if blocking is None:
+        if partitions > 1:
+            raise ValueError("a blocking read of several partitions needs BlockingReads")
+        blocking = BlockingReads()
+    groups = [[keys.request_stream(model, tc, p) for tc in classes] for p in order]
+    return await blocking.wait(redis, consumer, groups, block_ms)
+
+
+class BlockingReads:
+    """Blocking reads of several partitions at once, one per partition (a cluster serves one slot per
+    command); the first that returns wakes the worker. The others stay in flight, since a read that is
+    cancelled may lose the message Redis hands it, and a later ``wait`` collects them."""
+
+    def __init__(self) -> None:
+        self._in_flight: dict[tuple[str, ...], asyncio.Task[list[IntakeMessage]]] = {}
+
+    async def wait(
+        self, redis: Redis, consumer: str, groups: list[list[str]], block_ms: int
+    ) -> list[IntakeMessage]:
+        for streams in groups:
+            if tuple(streams) not in self._in_flight:
+                read = _block(redis, consumer, streams, block_ms)
+                self._in_flight[tuple(streams)] = asyncio.create_task(read)
+        await asyncio.wait(self._in_flight.values(), return_when=asyncio.FIRST_COMPLETED)
+        taken: list[IntakeMessage] = []
+        error: BaseException | None = None
+        for key, task in list(self._in_flight.items()):
+            if task.done():
+                del self._in_flight[key]
+                if task.exception() is None:
+                    taken.extend(task.result())
+                else:
+                    error = error or task.exception()
+        if error is not None and not taken:
+            raise error
+        return taken
+
+    def cancel(self) -> None:
+        """On shutdown: a message handed to a cancelled read is claimed by others once we are gone."""
+        for task in self._in_flight.values():
+            task.cancel()
+        self._in_flight.clear()
+
+
+async def _block(redis: Redis, consumer: str, streams: list[str], block_ms: int) -> list[IntakeMessage]:
+    found: Any = await redis.xreadgroup(
         keys.WORKER_GROUP, consumer, {s: ">" for s in streams}, count=1, block=block_ms
     )
-    for name, entries in blocked or []:
-        taken.extend(_messages(name, entries, reclaimed=False))
-    return taken
+    return [m for name, entries in found or [] for m in _messages(name, entries, reclaimed=False)]
 
 
 async def reclaim(
-    redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int
+    redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int, partitions: int = 1
 ) -> list[IntakeMessage]:
     """Take over up to ``count`` messages idle longer than ``min_idle_ms`` (their worker is gone)."""
     taken: list[IntakeMessage] = []
-    for stream in request_streams(model):
+    for stream in request_streams(model, partitions=partitions):
         if len(taken) >= count:
             break
         reply: Any = await redis.xautoclaim(
@@ -118,7 +174,7 @@ async def reclaim(
 
 
 async def claim_dead(
-    redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int
+    redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int, partitions: int = 1
 ) -> list[IntakeMessage]:
     """Take over up to ``count`` messages held by workers whose heartbeat key is gone (dead ones).
 
@@ -127,7 +183,7 @@ async def claim_dead(
     it no longer idle. Dead consumers left with nothing pending are removed from the group.
     """
     taken: list[IntakeMessage] = []
-    for stream in request_streams(model):
+    for stream in request_streams(model, partitions=partitions):
         consumers: Any = await redis.xinfo_consumers(stream, keys.WORKER_GROUP)
         others = [c for c in consumers if c["name"] != consumer]
         if not others:
@@ -179,9 +235,36 @@ async def refresh(redis: Redis, consumer: str, messages: list[HeldMessage]) -> l
         by_stream.setdefault(m.stream, []).append(m.msg_id)
     if not by_stream:
         return []
-    script = redis.register_script(_REFRESH_LUA)
-    pipe = redis.pipeline(transaction=False)
-    for stream, ids in by_stream.items():
-        await script(keys=[stream], args=[keys.WORKER_GROUP, consumer, *ids], client=pipe)
-    lost: list[Any] = await pipe.execute()
+
+    def build(pipe: Any) -> None:
+        for stream, ids in by_stream.items():
+            _REFRESH.queue(pipe, [stream], [keys.WORKER_GROUP, consumer, *ids])
+
+    lost = await execute_loading(redis, build, [_REFRESH])
     return [HeldMessage(stream, i) for stream, ids in zip(by_stream, lost, strict=True) for i in ids]
+
+
+class Intake:
+    """The reads above, bound to one worker of one model (and its in-flight blocking reads)."""
+
+    def __init__(self, redis: Redis, model: str, consumer: str, partitions: int) -> None:
+        self._redis, self._model, self._consumer, self._partitions = redis, model, consumer, partitions
+        self._blocking = BlockingReads()
+
+    async def ensure_groups(self) -> None:
+        await ensure_groups(self._redis, self._model, self._partitions)
+
+    async def read_new(
+        self, count: int, block_ms: int | None, classes: tuple[TrafficClass, ...] = CLASS_ORDER
+    ) -> list[IntakeMessage]:
+        r, m, c, p = self._redis, self._model, self._consumer, self._partitions
+        return await read_new(r, m, c, count, block_ms, classes, p, self._blocking)
+
+    async def take_over(self, count: int, dead_idle_ms: int, orphan_idle_ms: int) -> list[IntakeMessage]:
+        """Dead workers' messages first, else any message left idle whoever holds it."""
+        r, m, c, p = self._redis, self._model, self._consumer, self._partitions
+        dead = await claim_dead(r, m, c, count, dead_idle_ms, p)
+        return dead or await reclaim(r, m, c, count, orphan_idle_ms, p)
+
+    def close(self) -> None:
+        self._blocking.cancel()

@@ -3,19 +3,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from shared import keys
 from shared.messages import ReplyEvent
+from shared.redis_client import LuaScript, execute_loading
 
-_WRITE_LUA = (Path(__file__).parent / "reply_write.lua").read_text()
-_WRITE_SHA = hashlib.sha1(_WRITE_LUA.encode()).hexdigest()
+_WRITE = LuaScript((Path(__file__).parent / "reply_write.lua").read_text())
 
 
 @dataclass(frozen=True)
@@ -65,23 +63,17 @@ class ReplyBatch:
         finished = {req_id for req_id, _ in self.finals if req_id is not None}
         for req_id in finished:
             by_request.setdefault(req_id, [])  # renews the owner and shortens the stream's life
-        def queued() -> Any:
-            pipe = redis.pipeline(transaction=False)
+        def build(pipe: Any) -> None:
             for req_id, why in self.poisoned:
                 pipe.set(keys.poison_key(req_id), why, ex=keys.POISON_TTL_S)
             for req_id, events in by_request.items():
                 ttl = keep_s if req_id in finished else keys.REPLY_TTL_S
-                # EVALSHA straight away: redis-py's Script would ask SCRIPT EXISTS before each pipeline.
-                stream, owner = keys.reply_stream(req_id), keys.owner_key(req_id)
                 is_final = "1" if req_id in finished else "0"
-                pipe.evalsha(_WRITE_SHA, 2, stream, owner, worker_id, ttl, is_final, *events)
-            return pipe
+                owner = [keys.reply_stream(req_id), keys.owner_key(req_id)]
+                _WRITE.queue(pipe, owner, [worker_id, ttl, is_final, *events])
 
-        try:
-            results: list[Any] = await queued().execute()
-        except NoScriptError:  # a new or restarted Redis: load it, then run the (idempotent) batch again
-            await redis.script_load(_WRITE_LUA)
-            results = await queued().execute()
+        # A new or restarted Redis loads the script and runs the (idempotent) batch again.
+        results = await execute_loading(redis, build, [_WRITE])
         written = results[len(self.poisoned):]
         fenced = {req_id for req_id, ok in zip(by_request, written, strict=True) if not ok}
         acks = [message for req_id, message in self.finals if req_id not in fenced]

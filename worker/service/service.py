@@ -83,6 +83,8 @@ class WorkerService:
             redis, self.worker_id, self._tracker, self._abort, self._writes, settings.reply_keep_s
         )
         self._readers = ReaderWatch(redis, self._cancel)
+        partitions = keys.request_partitions(settings.redis_cluster)
+        self._intake = intake.Intake(redis, model_name, self.worker_id, partitions)
         self._beat = HeartbeatThread(
             settings.redis_url,
             keys.worker_key(model_name, self.worker_id),
@@ -91,6 +93,7 @@ class WorkerService:
             settings.heartbeat_ttl_s,
             settings.loop_stall_s,
             settings.redis_timeout_s,
+            settings.redis_cluster,
         )
         self._next_reclaim = 0.0
         self._dead_claim_idle_ms = int(settings.heartbeat_interval_s * 1000)
@@ -144,6 +147,7 @@ class WorkerService:
             for task in background:
                 task.cancel()
             await asyncio.wait(background, timeout=CLOSE_TIMEOUT_S)
+            self._intake.close()
             await asyncio.to_thread(self._beat.stop)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._redis.delete(
@@ -161,7 +165,7 @@ class WorkerService:
 
     async def _register(self) -> None:
         """Create the consumer groups and announce this worker; waits for Redis if it is not up yet."""
-        await FOREVER.run(lambda: intake.ensure_groups(self._redis, self.model_name), "register")
+        await FOREVER.run(self._intake.ensure_groups, "register")
         await FOREVER.run(lambda: asyncio.to_thread(self._beat.beat_once), "register")
 
     # --- intake -------------------------------------------------------------------------------------
@@ -201,7 +205,7 @@ class WorkerService:
                 if "NOGROUP" not in str(exc):
                     raise
                 log.warning("request streams were deleted; creating them again")
-                await FOREVER.run(lambda: intake.ensure_groups(self._redis, self.model_name), "intake")
+                await FOREVER.run(self._intake.ensure_groups, "intake")
             except REDIS_ERRORS as exc:
                 if FOREVER.is_worth_logging(attempt):
                     log.warning("intake: Redis unavailable (%s: %s); retrying", type(exc).__name__, exc)
@@ -216,14 +220,12 @@ class WorkerService:
         messages: list[intake.IntakeMessage] = []
         if time.monotonic() >= self._next_reclaim:
             self._next_reclaim = time.monotonic() + self.settings.heartbeat_interval_s
-            messages = await intake.claim_dead(
-                self._redis, self.model_name, self.worker_id, count, self._dead_claim_idle_ms
-            ) or await intake.reclaim(
-                self._redis, self.model_name, self.worker_id, count, self.settings.reclaim_min_idle_ms
+            messages = await self._intake.take_over(
+                count, self._dead_claim_idle_ms, self.settings.reclaim_min_idle_ms
             )
         if not messages:
             block_ms = min(self.settings.intake_block_ms, int(self.settings.heartbeat_interval_s * 1000))
-            messages = await intake.read_new(self._redis, self.model_name, self.worker_id, count, block_ms)
+            messages = await self._intake.read_new(count, block_ms)
         if messages:
             await self._take(messages)
 
@@ -236,9 +238,7 @@ class WorkerService:
                 await asyncio.wait_for(self._capacity_changed.wait(), self.settings.heartbeat_interval_s)
             return
         # A short block: when room frees up, lower classes are read again within PREEMPTING_BLOCK_MS.
-        messages = await intake.read_new(
-            self._redis, self.model_name, self.worker_id, count, PREEMPTING_BLOCK_MS, classes
-        )
+        messages = await self._intake.read_new(count, PREEMPTING_BLOCK_MS, classes)
         if messages:
             await self._take(messages)
 

@@ -26,6 +26,10 @@ class WorkerSettings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("BUSSTOP_WORKER_REDIS_URL", "BUSSTOP_REDIS_URL"),
     )
+    # The URL is any node of a Redis Cluster; the gateway must say the same.
+    redis_cluster: bool = Field(
+        default=False, validation_alias=AliasChoices("BUSSTOP_WORKER_REDIS_CLUSTER", "BUSSTOP_REDIS_CLUSTER")
+    )
     worker_id: str = Field(default_factory=default_worker_id)
     heartbeat_interval_s: float = keys.HEARTBEAT_INTERVAL_S
     heartbeat_ttl_s: float = keys.HEARTBEAT_TTL_S
