@@ -1,4 +1,5 @@
-"""Redis commands per output token: the transport's cost, measured with ``INFO commandstats``.
+"""Redis commands and Redis CPU per output token: the transport's cost, from ``INFO commandstats``
+and ``INFO cpu``.
 
     python -m loadtest.redis_cost --url http://127.0.0.1:8000 --model smollm2 --concurrency 16 \\
         --num-requests 32 --max-tokens 64
@@ -7,7 +8,12 @@ Resets Redis's command statistics, runs ``--num-requests`` streams of ``--max-to
 (``ignore_eos``) at ``--concurrency``, then prints every command's count per output token. Redis counts
 the commands a Lua script runs as well as the EVALSHA that ran it: the total is what Redis executes.
 Background traffic (heartbeats, leases) counts too: that is what the pool costs while it serves.
-``--redis`` is the stack's Redis (``busstop up`` prints it; default ``$BUSSTOP_REDIS_URL``).
+``--redis`` is the stack's Redis (``busstop up`` prints it; default ``$BUSSTOP_REDIS_URL``); on a Redis
+Cluster, any node: every primary is counted, and each one's share is printed.
+
+The CPU Redis spent (user + system) gives the capacity of one shard: Redis runs commands on one
+thread, so one shard sustains about ``output tokens / CPU seconds`` tokens per second at 100% of its
+core. A measure, not a promise: keep shards well below that.
 """
 
 from __future__ import annotations
@@ -27,6 +33,22 @@ from loadtest.workload import RequestSpec, make_prompt
 def command_counts(client: redis.Redis) -> dict[str, int]:
     stats = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def primaries(url: str) -> list[redis.Redis]:
+    """A client per primary: the one server, or every primary of a cluster."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    if not client.info("cluster").get("cluster_enabled"):
+        return [client]
+    client.close()
+    with redis.RedisCluster.from_url(url) as cluster:
+        nodes = [(n.host, n.port) for n in cluster.get_primaries()]
+    return [redis.Redis(host=h, port=p, decode_responses=True) for h, p in sorted(nodes)]
 
 
 async def run_load(
@@ -60,18 +82,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.redis:
         parser.error("--redis (or BUSSTOP_REDIS_URL) is required: the Redis that busstop up printed")
-    client = redis.Redis.from_url(args.redis, decode_responses=True)
-    client.config_resetstat()
+    nodes = primaries(args.redis)
+    for node in nodes:
+        node.config_resetstat()
+    cpu_before = [cpu_s(node) for node in nodes]
     num_tokens = asyncio.run(
         run_load(args.url, args.model, args.api_key, args.concurrency, args.num_requests, args.max_tokens)
     )
-    counts = command_counts(client)
-    client.close()
+    per_node = [command_counts(node) for node in nodes]
+    cpu = [cpu_s(node) - before for node, before in zip(nodes, cpu_before, strict=True)]
+    for node in nodes:
+        node.close()
+    counts: dict[str, int] = {}
+    for node_counts in per_node:
+        for name, n in node_counts.items():
+            counts[name] = counts.get(name, 0) + n
     total = sum(counts.values())
     print(f"{args.num_requests} requests, {num_tokens} output tokens at concurrency {args.concurrency}")
     for name, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<20} {n:>8}  {n / num_tokens:6.3f} / token")
     print(f"{total / num_tokens:.2f} Redis commands per output token (those inside scripts included)")
+    if len(nodes) > 1:
+        shares = ", ".join(f"{sum(c.values()) / total:.0%}" for c in per_node)
+        print(f"{len(nodes)} primaries; their shares of the commands: {shares}")
+    print(f"{sum(cpu) * 1e6 / num_tokens:.1f} us of Redis CPU per output token: one shard sustains about "
+          f"{num_tokens / max(sum(cpu), 1e-9):.0f} output tokens/s at 100% of its core")  # fmt: skip
     return 0
 
 

@@ -40,11 +40,11 @@ E2E_ENV = {
 
 @contextmanager
 def running_stack(
-    log_dir: Path, num_workers: int = 1, env: dict[str, str] | None = None
+    log_dir: Path, num_workers: int = 1, env: dict[str, str] | None = None, redis_cluster: bool = ON_CLUSTER
 ) -> Iterator[LocalStack]:
     """A started stack with all ``num_workers`` workers live (logs in ``log_dir``), stopped on exit."""
     env = {**E2E_ENV, **(env or {})}
-    stack = LocalStack(port=0, env=env, log_dir=log_dir, num_workers=num_workers, redis_cluster=ON_CLUSTER)
+    stack = LocalStack(port=0, env=env, log_dir=log_dir, num_workers=num_workers, redis_cluster=redis_cluster)
     stack.start(timeout_s=READY_TIMEOUT_S)
     try:
         client = stack.redis.client()

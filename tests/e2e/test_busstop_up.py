@@ -94,7 +94,7 @@ def status_rows(redis_url: str) -> list[list[str]]:
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     section = out.split("\n\n")[0].splitlines()
-    assert section[0] == "workers (2)" and section[1].split()[:3] == ["WORKER", "MODEL", "TP"], out
+    assert section[0].startswith("workers (") and section[1].split()[:3] == ["WORKER", "MODEL", "TP"], out
     return [line.split() for line in section[2:]]
 
 
@@ -125,11 +125,12 @@ def test_busstop_up_with_two_workers_serves_every_class_shows_the_pool_and_dies_
             load.append(pool.submit(chat, internal, {"x-busstop-traffic-class": "priority"}))
             busiest = 0
             deadline = time.monotonic() + 60
-            while busiest == 0 and time.monotonic() < deadline:
-                rows = status_rows(redis_url)
-                assert len(rows) == 2 and {row[1] for row in rows} == {"smollm2"}
-                busiest = max(int(row[3]) for row in rows)  # RUNNING
-            assert busiest > 0
+            rows: list[list[str]] = []
+            while (busiest == 0 or len(rows) < 2) and time.monotonic() < deadline:
+                rows = status_rows(redis_url)  # the gateway is ready with one worker: the other may load
+                assert {row[1] for row in rows} <= {"smollm2"}
+                busiest = max((int(row[3]) for row in rows), default=0)  # RUNNING
+            assert busiest > 0 and len(rows) == 2
             responses = [f.result() for f in load]
         assert [r.status_code for r in responses] == [200] * 6
         store = connect_sync(redis_url, 5.0, ON_CLUSTER)

@@ -1,4 +1,4 @@
-"""The Redis-cost CLI against the running stack: a short run, every command counted per token."""
+"""The Redis-cost CLI against the running stack: a short run, commands and Redis CPU per token."""
 
 from __future__ import annotations
 
@@ -18,3 +18,5 @@ def test_a_short_run_prints_commands_per_output_token(stack: LocalStack) -> None
     assert re.search(r"^\s+xread\s+\d+\s+[\d.]+ / token$", done.stdout, re.MULTILINE)
     per_token = float(re.findall(r"([\d.]+) Redis commands per output token", done.stdout)[0])
     assert per_token > 1  # at least the reply write and the gateway's read of each token
+    cpu_us = float(re.findall(r"([\d.]+) us of Redis CPU per output token", done.stdout)[0])
+    assert cpu_us > 0 and "output tokens/s at 100% of its core" in done.stdout
