@@ -60,7 +60,8 @@ class LocalRedisCluster:
         return self.nodes[0].url
 
     def client(self) -> redis.RedisCluster:
-        return redis.RedisCluster.from_url(self.url, decode_responses=True)
+        """A client that starts from a live node (the first may be one a test killed)."""
+        return redis.RedisCluster.from_url(self.live_nodes()[0].url, decode_responses=True)
 
     def start(self, timeout_s: float = 30.0) -> LocalRedisCluster:
         try:

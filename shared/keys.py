@@ -3,7 +3,8 @@
 Every name carries a hash tag (the part in braces), so that on a Redis Cluster the keys one command,
 transaction or script touches share a slot: a request's reply stream, owner, lease and poison mark
 share ``{req_id}``; an API key's buckets ``{key_id}``; a model's request streams of one partition
-``{model/partition}``; heartbeats ``{workers}``; the Batch API's records ``{batches}``.
+``{model/partition}``; heartbeats ``{workers}``; gateways' liveness ``{gateways}``; the Batch API's
+records ``{batches}``.
 """
 
 from __future__ import annotations
@@ -116,12 +117,14 @@ RECLAIM_MIN_IDLE_MS = 30_000
 
 # Gateways: each replica keeps a liveness key (GATEWAY_TTL_S, renewed every GATEWAY_BEAT_S from its
 # own thread). Workers abort the requests of a gateway whose key is gone: nobody reads their replies.
+# All in one slot ({gateways}), so on a cluster the check that finds keys gone also finds their node
+# failing over (a Redis error), and the keys get a beat to come back before anyone is judged dead.
 GATEWAY_BEAT_S = 0.25
 GATEWAY_TTL_S = 1.0
 
 
 def gateway_key(gateway_id: str) -> str:
-    return f"{PREFIX}:gateways:{{{gateway_id}}}"
+    return f"{PREFIX}:{{gateways}}:{gateway_id}"
 
 
 # Leases the serving gateway renews every LEASE_RENEW_S while it waits for a request: the request's

@@ -14,10 +14,65 @@ from typing import Any, cast
 
 import redis
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.maint_notifications import MaintNotificationsConfig
+
+# No maintenance-notification handshake on each new connection: Redis OSS has none to send, and a
+# connection that a failover closes mid-handshake fails with a RuntimeError that is not retried.
+_CLUSTER_OPTIONS: dict[str, Any] = {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
+def _is_torn_down(exc: BaseException) -> bool:
+    """redis-py's async cluster client closes a node's connections when the topology changes, also
+    under a command that is using one; that command then fails with a bare Python error."""
+    return (isinstance(exc, AttributeError) and "'NoneType' object" in str(exc)) or (
+        isinstance(exc, RuntimeError) and "closed" in str(exc)
+    )
+
+
+class _ClusterPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except (AttributeError, RuntimeError) as exc:
+            if _is_torn_down(exc):
+                raise RedisConnectionError(f"connection closed during a topology change: {exc}") from exc
+            raise
+
+
+class _Cluster(RedisCluster):
+    """The async cluster client, made fit for a failover: a connection closed under a command is a
+    ``ConnectionError`` (retried like any), and XREAD and XREADGROUP are routed without asking a node
+    first. redis-py asks one (``COMMAND GETKEYS``) on every such call: a round trip more per read,
+    through one node that may be the one failing over. Their keys follow ``STREAMS``, half of what
+    is left."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except (AttributeError, RuntimeError) as exc:
+            if _is_torn_down(exc):
+                raise RedisConnectionError(f"connection closed during a topology change: {exc}") from exc
+            raise
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            raise ValueError("no shard_hint in cluster mode")
+        return _ClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if command.upper() in ("XREAD", "XREADGROUP"):
+            words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
+            start = next(i for i, w in enumerate(words) if w.upper() == "STREAMS") + 1
+            streams = words[start : start + (len(words) - start) // 2]
+            slots = {self.keyslot(s) for s in streams}
+            if len(slots) == 1:
+                return slots.pop()
+        return await super()._determine_slot(command, *args)
 
 
 def connect(url: str, timeout_s: float, max_block_s: float = 0.0, cluster: bool = False) -> Redis:
@@ -30,7 +85,7 @@ def connect(url: str, timeout_s: float, max_block_s: float = 0.0, cluster: bool 
         "socket_timeout": timeout_s + max_block_s,
     }
     if cluster:
-        return cast(Redis, RedisCluster.from_url(url, **options))
+        return cast(Redis, _Cluster.from_url(url, **options, **_CLUSTER_OPTIONS))
     return Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
 
@@ -42,7 +97,7 @@ def connect_sync(url: str, timeout_s: float, cluster: bool = False) -> redis.Red
         "socket_connect_timeout": timeout_s,
     }
     if cluster:
-        return cast(redis.Redis, redis.RedisCluster.from_url(url, **options))
+        return cast(redis.Redis, redis.RedisCluster.from_url(url, **options, **_CLUSTER_OPTIONS))
     return redis.Redis.from_url(url, **options)
 
 

@@ -85,11 +85,11 @@ class Generation:
         req = self.request
         if self._presence is None:
             self.attach(await self._redis.xadd(self._stream, {DATA_FIELD: req.model_dump_json()}))
-        else:  # the lease first: a worker that takes the message finds it
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(keys.request_lease(req.req_id), self._presence.gateway_id, px=keys.LEASE_S * 1000)
-                pipe.xadd(self._stream, {DATA_FIELD: req.model_dump_json()})
-                _, message_id = await pipe.execute()
+        else:  # the lease first: a worker that takes the message finds it (not one pipeline: on a
+            # cluster the two go to different nodes at once)
+            lease_ms = keys.LEASE_S * 1000
+            await self._redis.set(keys.request_lease(req.req_id), self._presence.gateway_id, px=lease_ms)
+            message_id = await self._redis.xadd(self._stream, {DATA_FIELD: req.model_dump_json()})
             self._presence.serve(self)
             self.attach(message_id)
         queued_at = time.monotonic()

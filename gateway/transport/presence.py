@@ -123,16 +123,28 @@ class GatewayPresence:
             if slot is not None:
                 by_set.setdefault(slot[0], []).append(slot[1])
 
-        def build(pipe: Any) -> None:
+        def drop(pipe: Any) -> None:
             for req_id in ended:
                 _DROP_OWN.queue(pipe, [keys.request_lease(req_id)], [self.gateway_id])
-            pipe.set(keys.gateway_key(self.gateway_id), "1", px=self._ttl_ms)
-            if renew:
-                for req_id in live:
-                    pipe.set(keys.request_lease(req_id), self.gateway_id, px=self._lease_ms)
-                for inflight, req_ids in by_set.items():
-                    _RENEW_SLOTS.queue(pipe, [inflight], [self._slot_lease_ms, *req_ids])
 
-        execute_loading_sync(self._redis, build, [_DROP_OWN, _RENEW_SLOTS])
+        def renew_all(pipe: Any) -> None:
+            for req_id in live:
+                pipe.set(keys.request_lease(req_id), self.gateway_id, px=self._lease_ms)
+            for inflight, req_ids in by_set.items():
+                _RENEW_SLOTS.queue(pipe, [inflight], [self._slot_lease_ms, *req_ids])
+
+        # Three steps: on a cluster a pipeline spans nodes, and one node down stops all of it, while
+        # the liveness key's node may be fine. Leases left to drop are dropped on the next beat.
+        failed: BaseException | None = None
+        if ended:
+            try:
+                execute_loading_sync(self._redis, drop, [_DROP_OWN])
+            except REDIS_ERRORS as exc:
+                failed = exc
+        self._redis.set(keys.gateway_key(self.gateway_id), "1", px=self._ttl_ms)
+        if renew:
+            execute_loading_sync(self._redis, renew_all, [_RENEW_SLOTS])
+        if failed is not None:
+            raise failed
         with self._lock:
             self._leased -= ended

@@ -34,6 +34,10 @@ def test_heartbeats_share_a_slot_so_one_mget_reads_them_all() -> None:
     assert len(slots(keys.worker_key("m", "w1"), keys.worker_key("other", "w2"))) == 1
 
 
+def test_gateways_liveness_keys_share_a_slot() -> None:
+    assert len(slots(keys.gateway_key("g1"), keys.gateway_key("g2"))) == 1
+
+
 def test_a_partitions_class_streams_share_a_slot_and_partitions_spread_over_slots() -> None:
     partitions = keys.request_partitions(cluster=True)
     for p in range(partitions):
