@@ -123,6 +123,12 @@ GATEWAY_BEAT_S = 0.25
 GATEWAY_TTL_S = 1.0
 
 
+# After an outage or a cluster failover, clients take a while to find Redis again and renew what
+# lapsed meanwhile: for this long, a worker judges no gateway dead by its liveness key, and claims no
+# messages of a worker whose heartbeat is gone.
+OUTAGE_GRACE_S = 5.0
+
+
 def gateway_key(gateway_id: str) -> str:
     return f"{PREFIX}:{{gateways}}:{gateway_id}"
 

@@ -2,8 +2,9 @@
 
 Workers abort a request nobody reads: the requests of a gateway whose liveness key is gone (it died),
 and, before running one or after an outage, a request whose lease is gone (its gateway gave up on it).
-The key and the leases are renewed from a thread of their own with its own connection, so a busy
-event loop never makes a live gateway look dead; a gateway that dies stops renewing within one beat.
+The key and the leases are renewed from threads of their own (one each) with their own connections,
+so a busy event loop, or one slow node of a cluster, never makes a live gateway look dead; a gateway
+that dies stops renewing within one beat.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class GatewayPresence:
     ) -> None:
         self.gateway_id = gateway_id
         self._redis = connect_sync(redis_url, timeout_s, cluster)
+        # The liveness key has a thread and a connection of its own: leases span every node of a
+        # cluster, and one slow node must not keep the key from being renewed on its own.
+        self._liveness = connect_sync(redis_url, timeout_s, cluster)
         self._beat_s, self._ttl_ms = beat_s, int(ttl_s * 1000)
         self._renew_s, self._lease_ms = renew_s, int(lease_s * 1000)
         self._slot_lease_ms = int(slot_lease_s * 1000)
@@ -67,7 +71,8 @@ class GatewayPresence:
         self._leased: set[str] = set()  # req_ids whose lease this gateway set and has not deleted
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gateway-presence", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="gateway-leases", daemon=True)
+        self._alive_thread = threading.Thread(target=self._run_liveness, name="gateway-liveness", daemon=True)
 
     def serve(self, request: Served) -> None:
         """Renew ``request``'s lease until it is finished (or forgotten); its lease is set at submit."""
@@ -82,17 +87,33 @@ class GatewayPresence:
 
     def start(self) -> None:
         self._thread.start()
+        self._alive_thread.start()
 
     def stop(self) -> None:
         """Stop renewing and remove the liveness key, so workers abort what is left at once."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        for thread in (self._thread, self._alive_thread):
+            if thread.is_alive():
+                thread.join(timeout=5)
         try:
-            self._redis.delete(keys.gateway_key(self.gateway_id))
+            self._liveness.delete(keys.gateway_key(self.gateway_id))
         except REDIS_ERRORS as exc:
             log.warning("could not remove the gateway's liveness key: %s", exc)
         self._redis.close()
+        self._liveness.close()
+
+    def _run_liveness(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._liveness.set(keys.gateway_key(self.gateway_id), "1", px=self._ttl_ms)
+                failures = 0
+            except REDIS_ERRORS as exc:
+                if FOREVER.is_worth_logging(failures):
+                    log.warning("gateway liveness: Redis unavailable (%s: %s)", type(exc).__name__, exc)
+                failures += 1
+            self._stop.wait(max(0.0, self._beat_s - (time.monotonic() - started)))
 
     def _run(self) -> None:
         next_renewal = 0.0
@@ -113,7 +134,8 @@ class GatewayPresence:
 
     def _beat(self, renew: bool) -> None:
         """Leases of finished requests are deleted first, so a request given up on during an outage is
-        never run once Redis returns; then the liveness key and, every ``renew_s``, the leases."""
+        never run once Redis returns (workers look at leases after an outage); then, every
+        ``renew_s``, the leases of the others."""
         with self._lock:
             live = {r.req_id for r in list(self._served) if not r.is_finished}
             ended = self._leased - live
@@ -133,18 +155,9 @@ class GatewayPresence:
             for inflight, req_ids in by_set.items():
                 _RENEW_SLOTS.queue(pipe, [inflight], [self._slot_lease_ms, *req_ids])
 
-        # Three steps: on a cluster a pipeline spans nodes, and one node down stops all of it, while
-        # the liveness key's node may be fine. Leases left to drop are dropped on the next beat.
-        failed: BaseException | None = None
         if ended:
-            try:
-                execute_loading_sync(self._redis, drop, [_DROP_OWN])
-            except REDIS_ERRORS as exc:
-                failed = exc
-        self._redis.set(keys.gateway_key(self.gateway_id), "1", px=self._ttl_ms)
+            execute_loading_sync(self._redis, drop, [_DROP_OWN])
         if renew:
             execute_loading_sync(self._redis, renew_all, [_RENEW_SLOTS])
-        if failed is not None:
-            raise failed
         with self._lock:
             self._leased -= ended

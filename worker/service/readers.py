@@ -8,6 +8,7 @@ reach (the request's lease is gone: checked before a request runs and once after
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +21,8 @@ from shared.messages import ErrorInfo
 from worker.service.tracker import ActiveRequest
 
 log = logging.getLogger(__name__)
+
+RECHECK_S = 0.2
 
 
 def abandoned() -> ErrorInfo:
@@ -39,11 +42,11 @@ class ReaderWatch:
     """Run once per heartbeat: cancels the active requests whose reader is gone."""
 
     def __init__(
-        self, redis: Redis, cancel: Callable[[str], None], gateway_ttl_s: float = keys.GATEWAY_TTL_S
+        self, redis: Redis, cancel: Callable[[str], None], outage_grace_s: float = keys.OUTAGE_GRACE_S
     ) -> None:
         self._redis = redis
         self._cancel = cancel
-        self._gateway_ttl_s = gateway_ttl_s
+        self._outage_grace_s = outage_grace_s
         self._reachable_since = time.monotonic()
         self._check_leases = False
 
@@ -56,8 +59,8 @@ class ReaderWatch:
         now = time.monotonic()
         if self._reachable_since == float("inf"):
             self._reachable_since = now
-        # Just back from an outage: gateways renew their keys within a beat of Redis returning.
-        if now - self._reachable_since < self._gateway_ttl_s:
+        # Just back from an outage: gateways renew their keys once their clients find Redis again.
+        if now - self._reachable_since < self._outage_grace_s:
             return
         watched = [r for r in active if r.gateway_id is not None and not r.is_cancelled]
         if not watched:
@@ -72,7 +75,7 @@ class ReaderWatch:
             for r in watched:
                 pipe.exists(keys.request_lease(r.req_id))
         found: list[Any] = await pipe.execute()
-        gone = {g for g, alive in zip(gateways, found, strict=False) if not alive}
+        gone = await self._still_gone([g for g, alive in zip(gateways, found, strict=False) if not alive])
         leases = found[len(gateways):] if check_leases else [1] * len(watched)
         self._check_leases = False
         adopted = await self._adopted([r for r in watched if r.gateway_id in gone])
@@ -86,6 +89,17 @@ class ReaderWatch:
             self._cancel(req_id)
         if orphans:
             log.warning("aborted %d requests nobody reads (gateways gone: %s)", len(orphans), sorted(gone))
+
+    async def _still_gone(self, gateways: list[str]) -> set[str]:
+        """Of gateways whose key was missing, those still missing a moment later: a cluster primary
+        that was stalled long enough to be replaced answers from its stale data once before it learns."""
+        if not gateways:
+            return set()
+        await asyncio.sleep(RECHECK_S)
+        pipe = self._redis.pipeline(transaction=False)
+        for gateway_id in gateways:
+            pipe.exists(keys.gateway_key(gateway_id))
+        return {g for g, alive in zip(gateways, await pipe.execute(), strict=True) if not alive}
 
     async def _adopted(self, requests: list[ActiveRequest]) -> dict[str, str]:
         """Of requests whose gateway is gone, those another live gateway now serves (a client resumed

@@ -206,8 +206,8 @@ class WorkerService:
                     raise
                 log.warning("request streams were deleted; creating them again")
                 await FOREVER.run(self._intake.ensure_groups, "intake")
-            except REDIS_ERRORS as exc:  # peers' heartbeats may lapse meanwhile: a TTL to renew them
-                self._next_reclaim = time.monotonic() + self.settings.heartbeat_ttl_s
+            except REDIS_ERRORS as exc:  # peers' heartbeats may lapse meanwhile: time to renew them
+                self._next_reclaim = time.monotonic() + keys.OUTAGE_GRACE_S
                 if FOREVER.is_worth_logging(attempt):
                     log.warning("intake: Redis unavailable (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(FOREVER.delay_s(attempt))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from unittest.mock import patch
 
 from redis.asyncio import Redis
 
 from shared import keys
-from worker.service.readers import ReaderWatch
+from worker.service.readers import RECHECK_S, ReaderWatch
 from worker.service.replies import HeldMessage
 from worker.service.tracker import ActiveRequest
 
@@ -31,8 +32,9 @@ async def cancelled_by_one_check(redis: Redis, requests: list[ActiveRequest]) ->
     """What one check, long after the watch started, cancels of ``requests``."""
     cancelled: list[str] = []
     clock = Clock()
-    with patch("worker.service.readers.time.monotonic", clock):
-        watch = ReaderWatch(redis, cancelled.append, gateway_ttl_s=1.5)
+    # The clock is frozen for the whole process: the re-check of missing keys must not sleep on it.
+    with patch("worker.service.readers.time.monotonic", clock), patch("worker.service.readers.RECHECK_S", 0):
+        watch = ReaderWatch(redis, cancelled.append, outage_grace_s=1.5)
         clock.now += 2
         await watch.check(requests)
     return cancelled
@@ -42,6 +44,24 @@ async def test_requests_of_a_gateway_whose_key_is_gone_are_cancelled(redis: Redi
     await redis.set(keys.gateway_key("alive"), "1", ex=60)
     requests = [active("a", "alive"), active("d1", "dead"), active("d2", "dead"), active("batch", None)]
     assert sorted(await cancelled_by_one_check(redis, requests)) == ["d1", "d2"]
+
+
+async def test_a_gateway_key_back_a_moment_later_is_not_taken_for_a_death(redis: Redis) -> None:
+    """As when a stalled cluster primary, replaced meanwhile, answers once from its stale data."""
+    cancelled: list[str] = []
+    watch = ReaderWatch(redis, cancelled.append, outage_grace_s=0)
+
+    async def comes_back() -> None:
+        await asyncio.sleep(RECHECK_S / 2)
+        await redis.set(keys.gateway_key("gw"), "1", ex=60)
+
+    back = asyncio.create_task(comes_back())
+    await watch.check([active("r", "gw")])
+    await back
+    assert cancelled == []
+    await redis.delete(keys.gateway_key("gw"))
+    await watch.check([active("r", "gw")])
+    assert cancelled == ["r"]
 
 
 async def test_a_request_another_live_gateway_took_over_is_kept_and_follows_it(redis: Redis) -> None:
@@ -58,8 +78,8 @@ async def test_after_an_outage_gateways_get_a_grace_period_then_leases_are_check
     cancelled: list[str] = []
     clock = Clock()
     requests = [active("wanted", "gw"), active("given-up", "gw")]
-    with patch("worker.service.readers.time.monotonic", clock):
-        watch = ReaderWatch(redis, cancelled.append, gateway_ttl_s=1.5)
+    with patch("worker.service.readers.time.monotonic", clock), patch("worker.service.readers.RECHECK_S", 0):
+        watch = ReaderWatch(redis, cancelled.append, outage_grace_s=1.5)
         watch.redis_failed()
         await watch.check(requests)  # Redis is back; the gateway has not renewed its key yet
         clock.now += 1.0
