@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -47,7 +48,7 @@ class ReaderWatch:
         self._redis = redis
         self._cancel = cancel
         self._outage_grace_s = outage_grace_s
-        self._reachable_since = time.monotonic()
+        self._reachable_since = -math.inf  # no grace at start: no outage yet
         self._check_leases = False
 
     def redis_failed(self) -> None:
