@@ -11,9 +11,9 @@ Background traffic (heartbeats, leases) counts too: that is what the pool costs 
 ``--redis`` is the stack's Redis (``busstop up`` prints it; default ``$BUSSTOP_REDIS_URL``); on a Redis
 Cluster, any node: every primary is counted, and each one's share is printed.
 
-The CPU Redis spent (user + system) gives the capacity of one shard: Redis runs commands on one
-thread, so one shard sustains about ``output tokens / CPU seconds`` tokens per second at 100% of its
-core. A measure, not a promise: keep shards well below that.
+The CPU Redis spent (user + system, all primaries) gives the capacity per core: Redis runs commands
+on one thread, so each shard sustains about ``output tokens / CPU seconds`` tokens per second at 100%
+of its core (times its share of the load). A measure, not a promise: keep shards well below that.
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(nodes) > 1:
         shares = ", ".join(f"{sum(c.values()) / total:.0%}" for c in per_node)
         print(f"{len(nodes)} primaries; their shares of the commands: {shares}")
-    print(f"{sum(cpu) * 1e6 / num_tokens:.1f} us of Redis CPU per output token: one shard sustains about "
-          f"{num_tokens / max(sum(cpu), 1e-9):.0f} output tokens/s at 100% of its core")  # fmt: skip
+    print(f"{sum(cpu) * 1e6 / num_tokens:.1f} us of Redis CPU per output token: about "
+          f"{num_tokens / max(sum(cpu), 1e-9):.0f} output tokens/s per Redis core at 100%")  # fmt: skip
     return 0
 
 
