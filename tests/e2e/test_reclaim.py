@@ -17,7 +17,15 @@ import redis
 from busstop.stack import LocalStack
 from shared import keys
 from shared.messages import ReplyKind, TrafficClass
-from tests.stack import MODEL, heartbeats, long_stream, reply_events, req_id_of_chunk, running_stack
+from tests.stack import (
+    MODEL,
+    ON_CLUSTER,
+    heartbeats,
+    long_stream,
+    reply_events,
+    req_id_of_chunk,
+    running_stack,
+)
 
 NUM_TOKENS = 96
 
@@ -53,7 +61,8 @@ def stream_and_stop_holder(
             holder.send_signal(sig)
             assert holder.wait(timeout=60) == (-signal.SIGKILL if sig is signal.SIGKILL else 0)
             if sig is not signal.SIGKILL:  # left for others: still pending, no final event, not alive
-                stream_key = keys.request_stream(MODEL, TrafficClass.INTERACTIVE)
+                partition = keys.partition_of(req_id, keys.request_partitions(ON_CLUSTER))
+                stream_key = keys.request_stream(MODEL, TrafficClass.INTERACTIVE, partition)
                 assert store.xpending(stream_key, keys.WORKER_GROUP)["pending"] == 1
                 assert ReplyKind.DONE not in [e.kind for e in reply_events(store, req_id)]
                 assert store.exists(keys.worker_key(MODEL, stopped_id)) == 0
