@@ -21,8 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.maint_notifications import MaintNotificationsConfig
 
-# No maintenance-notification handshake on each new connection: Redis OSS has none to send, and a
-# connection that a failover closes mid-handshake fails with a RuntimeError that is not retried.
+# No maintenance-notification handshake on each new connection: Redis OSS has none to send, and
+# after a failover every client opens many connections at once.
 _CLUSTER_OPTIONS: dict[str, Any] = {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
