@@ -2,9 +2,11 @@
 
     python -m worker.bench                 # random weights, SmolLM2-135M's shape (no download)
     python -m worker.bench --model default # the bundled SmolLM2 GGUF, through worker.loader
+    python -m worker.bench --steps-only    # only the decode step against its linear floor
 
 All requests arrive at once with varied prompt and output lengths (EOS ignored, so output lengths are
-exactly as drawn). continuous: the engine admits a request whenever a slot frees up. static: the next
+exactly as drawn); then the decode step at batch 1, 16 and 64 against its linear floor (step_bench).
+continuous: the engine admits a request whenever a slot frees up. static: the next
 batch of max_num_seqs requests is admitted only when the previous batch has finished. no-kv: continuous,
 but every sequence's K/V is dropped after each step so every step recomputes the whole sequence.
 """
@@ -12,6 +14,7 @@ but every sequence's K/V is dropped after each step so every step recomputes the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from worker.engine.engine import Engine
 from worker.engine.sampling_params import SamplingParams
 from worker.model.config import ModelConfig
 from worker.model.llama import LlamaForCausalLM
+from worker.step_bench import print_step_timings, step_timings
 
 SMOLLM2_135M = ModelConfig(
     architecture="LlamaForCausalLM", vocab_size=49152, hidden_size=576, intermediate_size=1536,
@@ -131,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps-only", action="store_true",
+                        help="only the decode step at batch 1, 16 and 64 against its linear floor")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,11 +156,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model: {name}; {len(workload)} requests, prompts {args.prompt_len[0]}-{args.prompt_len[1]}, "
           f"outputs {args.output_len[0]}-{args.output_len[1]} tokens ({args.output_dist}); "
           f"max_num_seqs {args.max_num_seqs}; {torch.get_num_threads()} threads; {args.device}, {args.dtype}")
+    if not args.steps_only:
+        compare_batching(model, config, workload, args.no_kv_max_s)
+    step_config = dataclasses.replace(config, max_num_seqs=64, max_model_len=256)
+    print_step_timings(step_timings(model, step_config))
+
+
+def compare_batching(model: LlamaForCausalLM, config: EngineConfig, workload: list[Request],
+                     no_kv_max_s: float) -> None:
     run(Engine(model, config, ()), workload[:2], "continuous", float("inf"))  # warm-up
 
     results = {}
     for mode in ("continuous", "static", "no-kv"):
-        max_s = args.no_kv_max_s if mode == "no-kv" else float("inf")
+        max_s = no_kv_max_s if mode == "no-kv" else float("inf")
         r = results[mode] = run(Engine(model, config, ()), workload, mode, max_s)
         partial = "" if r.num_requests == len(workload) else f" (stopped after {r.elapsed_s:.0f} s)"
         print(f"{mode:>10}: {r.tokens_per_s:8.1f} output tok/s  {r.tokens_per_cpu_s:8.1f} tok/CPU-s  "
