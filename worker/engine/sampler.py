@@ -94,7 +94,8 @@ def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: frozenset[int]) -> SamplerOutput:
     """logits [num_seqs, vocab] for seqs, in order -> one token per sequence."""
     raw = logits.float()
-    logits = raw.clone()
+    lp_rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+    logits = raw.clone() if lp_rows else raw  # raw stays untouched only where logprobs read it
     device = logits.device
     ban_rows: list[int] = []
     ban_cols: list[int] = []
@@ -130,7 +131,6 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: frozenset[
     token_ids = greedy_ids.tolist()
 
     logprobs: list[TokenLogprobs | None] = [None] * len(seqs)
-    lp_rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     if lp_rows:
         index = torch.tensor(lp_rows, device=device)
         lp = raw[index].log_softmax(-1)  # [num_lp_rows, vocab]
