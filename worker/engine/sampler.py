@@ -93,9 +93,13 @@ def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_token_ids: frozenset[int]) -> SamplerOutput:
     """logits [num_seqs, vocab] for seqs, in order -> one token per sequence."""
-    raw = logits.float()
+    given = logits
+    raw = given.float()  # a copy unless the logits are float32 already
     lp_rows = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
-    logits = raw.clone() if lp_rows else raw  # raw stays untouched only where logprobs read it
+    edits_in_place = any(s.params.min_tokens or s.params.logit_bias or s.params.has_penalties
+                         or s.constraint is not None for s in seqs)
+    # Edits go to a copy where they would reach the caller's tensor or the raw logits that logprobs read.
+    logits = raw.clone() if edits_in_place and (lp_rows or raw is given) else raw
     device = logits.device
     ban_rows: list[int] = []
     ban_cols: list[int] = []
