@@ -44,7 +44,7 @@ def model_of_request_stream(name: str) -> str:
 
 
 # Reply streams: one per request, written by the worker that holds it, read by the gateway.
-# Kept REPLY_TTL_S from creation (refreshed by every write) so abandoned ones disappear, and
+# Kept REPLY_TTL_S from the first write (re-armed when it lapses) so abandoned ones disappear, and
 # shortened to REPLY_DONE_TTL_S (``BUSSTOP_WORKER_REPLY_KEEP_S``) once the final event is written: a
 # client can resume (replay) its stream on any gateway until then.
 REPLY_TTL_S = 3600

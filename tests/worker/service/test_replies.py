@@ -54,6 +54,31 @@ async def test_batch_writes_events_in_order_and_acks_and_deletes_finished_reques
     assert await redis.xrange(message.stream, message.msg_id, message.msg_id) == []
 
 
+async def test_the_stream_expiry_is_armed_on_the_first_and_final_writes_and_when_the_owner_lapsed(
+        redis: Redis) -> None:
+    async def write(seq: int, final: bool = False) -> None:
+        batch = ReplyBatch()
+        batch.add("c", ReplyEvent(seq=seq, kind=ReplyKind.DELTA, text="t", token_ids=[seq]))
+        if final:
+            batch.finish("c", await held_message(redis))
+        await batch.write(redis, "w")
+
+    stream, owner = keys.reply_stream("c"), keys.owner_key("c")
+    await write(0)
+    assert keys.REPLY_DONE_TTL_S < await redis.ttl(stream) <= keys.REPLY_TTL_S
+    await redis.expire(stream, 50)  # as if the reply had been running for a while
+    await redis.expire(owner, 50)
+    await write(1)  # a step in the middle leaves both expiries alone
+    assert 0 < await redis.ttl(stream) <= 50 and 0 < await redis.ttl(owner) <= 50
+    await redis.delete(owner)  # the owner lapsed (the stream with it): the next write re-arms both
+    await write(2)
+    assert keys.REPLY_DONE_TTL_S < await redis.ttl(stream) <= keys.REPLY_TTL_S
+    assert keys.REPLY_DONE_TTL_S < await redis.ttl(owner) <= keys.REPLY_TTL_S
+    await write(3, final=True)
+    assert 0 < await redis.ttl(stream) <= keys.REPLY_DONE_TTL_S
+    assert await redis.get(owner) == "w" and 0 < await redis.ttl(owner) <= keys.REPLY_DONE_TTL_S
+
+
 async def test_an_empty_batch_writes_nothing(redis: Redis) -> None:
     await ReplyBatch().write(redis, "w")
     assert await redis.dbsize() == 3  # the three request streams
