@@ -75,6 +75,26 @@ async def test_a_dead_workers_messages_are_reclaimed_and_held_ones_are_not(redis
     }
 
 
+async def test_refresh_renews_every_held_message_and_names_those_taken_or_acked(redis: Redis) -> None:
+    for i in range(4):
+        await put(redis, TrafficClass.INTERACTIVE, f"m{i}")
+    held = [m.message for m in await intake.read_new(redis, MODEL, "w1", count=4, block_ms=None)]
+    await asyncio.sleep(0.2)
+    stream = held[0].stream
+    await redis.xclaim(stream, keys.WORKER_GROUP, "w2", 0, [held[1].msg_id])  # taken over
+    await redis.xack(stream, keys.WORKER_GROUP, held[2].msg_id)  # no longer pending
+    # held[3] is left out of the refresh: a handed-back message stays pending, idle, for others
+
+    lost = await intake.refresh(redis, "w1", held[:3])
+
+    assert lost == [held[1], held[2]]
+    pending = await redis.xpending_range(stream, keys.WORKER_GROUP, "-", "+", 10)
+    idle = {p["message_id"]: (p["consumer"], p["time_since_delivered"]) for p in pending}
+    assert idle[held[0].msg_id][0] == "w1" and idle[held[0].msg_id][1] < 150
+    assert idle[held[1].msg_id][0] == "w2"
+    assert idle[held[3].msg_id][0] == "w1" and idle[held[3].msg_id][1] >= 200
+
+
 async def test_a_worker_whose_heartbeat_is_gone_loses_its_messages_at_once(redis: Redis) -> None:
     for data in ("a", "b"):
         await put(redis, TrafficClass.INTERACTIVE, data)
