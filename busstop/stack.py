@@ -30,6 +30,7 @@ from busstop.children import die_with_parent
 from busstop.redis_cluster import LocalRedisCluster
 from busstop.redis_server import RedisServer, free_port
 from gateway.core.auth import KeyClass, KeyEntry, KeysFile, hash_key
+from worker.engine.cpu_cores import available_cores, format_cores, pin_current_thread, split_cores
 
 DEFAULT_MODEL = "smollm2"
 
@@ -267,6 +268,23 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
         "BUSSTOP_MODEL_KV_CACHE_BYTES": str(int(args.kv_cache * 2**30)),
         "BUSSTOP_WORKER_TENSOR_PARALLEL_SIZE": str(args.tensor_parallel_size),
     }
+def pin_cpu_layout(args: argparse.Namespace, env: dict[str, str]) -> str | None:
+    """On a CPU stack of one worker: the engine's step thread gets cores of its own (set in ``env``) and
+    this process, hence Redis, the gateway and the worker's I/O side, the rest. Returns what was done,
+    or None where nothing was pinned (a GPU, several workers, TP, one core, or cores set by hand)."""
+    device = os.environ.get("BUSSTOP_MODEL_DEVICE", "auto")
+    on_cpu = device == "cpu" or (device == "auto" and not Path("/dev/nvidiactl").exists())
+    if not on_cpu or args.workers != 1 or args.tensor_parallel_size != 1 or \
+            os.environ.get("BUSSTOP_ENGINE_CPU_CORES") is not None:
+        return None
+    engine, io = split_cores(available_cores())
+    if engine == io:
+        return None
+    env["BUSSTOP_ENGINE_CPU_CORES"] = format_cores(engine)
+    pin_current_thread(io)
+    return f"engine on cores {format_cores(engine)}, the rest on {format_cores(io)}"
+
+
 STATE_FILE = Path.home() / ".cache" / "busstop" / "up.json"  # where `busstop status` finds the stack
 
 
@@ -279,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
         stopping = True
 
     env = worker_env(args)  # ValueError: one line, nothing started
+    layout = pin_cpu_layout(args, env)
     stack = LocalStack(
         port=args.port, redis_port=args.redis_port, host=args.host, env=env, num_workers=args.workers,
         redis_dir=args.redis_dir, redis_cluster=args.redis_cluster,
@@ -286,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     if not stack.api_key:
         describe_keys(str(stack.keys_file))  # a bad keys file is one line, before anything starts
     print(f"busstop: starting redis-server, {args.workers} worker(s) (loading {env['BUSSTOP_MODEL_NAME']}) "
-          "and the gateway ...", flush=True)  # fmt: skip
+          f"and the gateway{f' ({layout})' if layout else ''} ...", flush=True)  # fmt: skip
     try:
         stack.start(timeout_s=args.timeout)
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from shared.redis_client import connect
 from shared.telemetry.logs import configure_logging
 from shared.telemetry.tracing import setup_tracing
 from worker.engine.config import EngineConfig
+from worker.engine.cpu_cores import available_cores, pin_current_thread
 from worker.engine.engine import Engine
 from worker.engine.kv_cache import page_bytes
 from worker.engine.settings import EngineSettings, get_engine_settings
@@ -40,8 +41,9 @@ def build_engine(
 
     Returns (engine, loaded model, max_model_len served)."""
     engine_settings = engine_settings or get_engine_settings()
-    if engine_settings.num_threads:
-        torch.set_num_threads(engine_settings.num_threads)
+    num_threads = engine_settings.num_threads or len(engine_settings.engine_cores)
+    if num_threads:
+        torch.set_num_threads(num_threads)
     loaded = load_model(settings, parallel)
     page_size = EngineConfig.page_size
     dtype = settings.torch_dtype()
@@ -79,6 +81,9 @@ def build_engine(
 async def serve(
     settings: WorkerSettings, model_settings: ModelSettings, parallel: ParallelSettings | None = None
 ) -> int:
+    engine_cores = get_engine_settings().engine_cores
+    if engine_cores and (io_cores := available_cores() - engine_cores):
+        pin_current_thread(io_cores)  # the threads started from here on (executor, heartbeat) too
     # A TP worker: ranks 1..N-1 start first; a rank that dies later ends this process (exit 1).
     group = await asyncio.to_thread(start_tensor_parallel, model_settings, parallel or ParallelSettings())
     engine, loaded, max_model_len = await asyncio.to_thread(
@@ -103,6 +108,7 @@ async def serve(
         vocab_size=loaded.config.vocab_size,
         metrics=WorkerMetrics(loaded.name),
         tensor_parallel_size=group.parallel.world_size if group else 1,
+        engine_cores=engine_cores,
     )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)

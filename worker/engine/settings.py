@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.engine.cpu_cores import parse_cores
 
 
 class EngineSettings(BaseSettings):
@@ -19,8 +21,21 @@ class EngineSettings(BaseSettings):
     max_num_batched_tokens: int = Field(default=2048, ge=1)
     enable_prefix_caching: bool = True
     attention_backend: Literal["auto", "torch", "flashinfer"] = "auto"
-    # torch intra-op threads; 0 leaves torch's default (one per core).
+    # torch intra-op threads; 0: one per core of cpu_cores, else torch's default (one per core).
     num_threads: int = Field(default=0, ge=0)
+    # Cores the step thread runs on ('1', '2-7'); the worker's other threads keep the rest of its cores.
+    # '' pins nothing. `busstop up` fills it in on a CPU (worker/engine/cpu_cores.py says why).
+    cpu_cores: str = ""
+
+    @field_validator("cpu_cores")
+    @classmethod
+    def _cores(cls, value: str) -> str:
+        parse_cores(value)  # ValueError: a clear message at start
+        return value
+
+    @property
+    def engine_cores(self) -> frozenset[int]:
+        return parse_cores(self.cpu_cores)
 
 
 @lru_cache

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from worker.engine.constraint import TokenConstraint
+from worker.engine.cpu_cores import pin_current_thread
 from worker.engine.outputs import Capacity, EngineStats, RequestOutput
 from worker.engine.sampling_params import SamplingParams
 from worker.service.prepare import PreparedRequest
@@ -65,9 +66,11 @@ class EngineLoop:
     """Drives ``engine`` from a dedicated thread; ``submit`` is safe to call from any thread."""
 
     def __init__(
-        self, engine: ServedEngine, on_report: Callable[[EngineReport], None], idle_wait_s: float = 0.05
+        self, engine: ServedEngine, on_report: Callable[[EngineReport], None], idle_wait_s: float = 0.05,
+        cpu_cores: frozenset[int] = frozenset(),
     ) -> None:
         self._engine = engine
+        self._cpu_cores = cpu_cores  # the step thread's own cores (cpu_cores.py); empty: not pinned
         self._on_report = on_report
         self._idle_wait_s = idle_wait_s
         self._commands: queue.Queue[AddCommand | AbortCommand | None] = queue.Queue()
@@ -127,6 +130,7 @@ class EngineLoop:
             admitted.append(req.req_id)
 
     def _run(self) -> None:
+        pin_current_thread(self._cpu_cores)
         try:
             while True:
                 commands = self._next_commands()

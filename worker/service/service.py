@@ -60,6 +60,7 @@ class WorkerService:
         vocab_size: int,
         metrics: WorkerMetrics | None = None,
         tensor_parallel_size: int = 1,
+        engine_cores: frozenset[int] = frozenset(),
     ) -> None:
         self.settings = settings
         self.worker_id = settings.worker_id
@@ -77,7 +78,7 @@ class WorkerService:
         self._tracker = RequestTracker(self.worker_id, tokenizer)
         self._reports: asyncio.Queue[EngineReport | None] = asyncio.Queue()  # None: no more reports
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._engine_loop = EngineLoop(engine, self._deliver)
+        self._engine_loop = EngineLoop(engine, self._deliver, cpu_cores=engine_cores)
         self._writes = RetryPolicy(deadline_s=settings.write_deadline_s)
         self._writer = ReplyWriter(
             redis, self.worker_id, self._tracker, self._abort, self._writes, settings.reply_keep_s
