@@ -268,6 +268,8 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
         "BUSSTOP_MODEL_KV_CACHE_BYTES": str(int(args.kv_cache * 2**30)),
         "BUSSTOP_WORKER_TENSOR_PARALLEL_SIZE": str(args.tensor_parallel_size),
     }
+
+
 def pin_cpu_layout(args: argparse.Namespace, env: dict[str, str]) -> str | None:
     """On a CPU stack of one worker: the engine's step thread gets cores of its own (set in ``env``) and
     this process, hence Redis, the gateway and the worker's I/O side, the rest. Returns what was done,

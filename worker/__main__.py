@@ -129,6 +129,10 @@ def main() -> int:
     settings = get_worker_settings()
     configure_logging()  # BUSSTOP_LOG_LEVEL, BUSSTOP_LOG_FORMAT
     setup_tracing("busstop-worker")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    if missing := get_engine_settings().engine_cores - available_cores():  # else the step thread dies
+        print(f"error: BUSSTOP_ENGINE_CPU_CORES names cores this process may not run on: {sorted(missing)}"
+              f" (it may run on {sorted(available_cores())})", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(serve(settings, get_model_settings(), parallel_settings(sys.argv[1:])))
     except ModelLoadError as exc:  # one line naming the file, not a traceback

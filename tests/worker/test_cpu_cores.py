@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import queue
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -82,3 +84,11 @@ def test_the_engine_loop_steps_on_its_own_cores() -> None:
     assert engine.cores_seen.get(timeout=60) == target
     loop.stop(timeout_s=10)
     assert frozenset(os.sched_getaffinity(0)) == available_cores()
+
+
+def test_a_worker_given_cores_it_may_not_run_on_stops_at_start_and_says_which() -> None:
+    env = {**os.environ, "BUSSTOP_ENGINE_CPU_CORES": "4096"}
+    worker = [sys.executable, "-m", "worker"]
+    done = subprocess.run(worker, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "BUSSTOP_ENGINE_CPU_CORES" in done.stderr and "[4096]" in done.stderr
