@@ -19,7 +19,7 @@ from shared.redis_client import connect
 from shared.telemetry.logs import configure_logging
 from shared.telemetry.tracing import setup_tracing
 from worker.engine.config import EngineConfig
-from worker.engine.cpu_cores import available_cores, pin_current_thread
+from worker.engine.cpu_cores import available_cores, format_cores, pin_current_thread, refused_cores
 from worker.engine.engine import Engine
 from worker.engine.kv_cache import page_bytes
 from worker.engine.settings import EngineSettings, get_engine_settings
@@ -129,9 +129,10 @@ def main() -> int:
     settings = get_worker_settings()
     configure_logging()  # BUSSTOP_LOG_LEVEL, BUSSTOP_LOG_FORMAT
     setup_tracing("busstop-worker")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
-    if missing := get_engine_settings().engine_cores - available_cores():  # else the step thread dies
-        print(f"error: BUSSTOP_ENGINE_CPU_CORES names cores this process may not run on: {sorted(missing)}"
-              f" (it may run on {sorted(available_cores())})", file=sys.stderr)
+    engine_cores = get_engine_settings().engine_cores
+    if engine_cores and (why := refused_cores(engine_cores)):  # else the step thread dies on them
+        cores = format_cores(engine_cores)
+        print(f"error: BUSSTOP_ENGINE_CPU_CORES={cores}: {why.strerror}", file=sys.stderr)
         return 1
     try:
         return asyncio.run(serve(settings, get_model_settings(), parallel_settings(sys.argv[1:])))

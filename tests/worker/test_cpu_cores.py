@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from tests.worker.tiny_llama import make_engine, make_hf_model
-from worker.engine.cpu_cores import available_cores, parse_cores, pin_current_thread, split_cores
+from worker.engine.cpu_cores import (
+    available_cores,
+    parse_cores,
+    pin_current_thread,
+    refused_cores,
+    split_cores,
+)
 from worker.engine.engine import Engine
 from worker.engine.outputs import RequestOutput
 from worker.engine.sampling_params import SamplingParams
@@ -91,4 +97,21 @@ def test_a_worker_given_cores_it_may_not_run_on_stops_at_start_and_says_which() 
     worker = [sys.executable, "-m", "worker"]
     done = subprocess.run(worker, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert "BUSSTOP_ENGINE_CPU_CORES" in done.stderr and "[4096]" in done.stderr
+    assert "BUSSTOP_ENGINE_CPU_CORES=4096: Invalid argument" in done.stderr
+
+
+@linux_only
+def test_a_thread_may_move_beyond_the_affinity_it_inherited() -> None:
+    """busstop up starts its worker on the I/O cores; the worker must still reach the engine's."""
+    cores = available_cores()
+    seen: list[OSError | None] = []
+
+    def narrowed() -> None:
+        pin_current_thread(frozenset({min(cores)}))
+        seen.append(refused_cores(cores))
+
+    thread = threading.Thread(target=narrowed)
+    thread.start()
+    thread.join()
+    assert seen == [None]
+    assert refused_cores(frozenset({4096})) is not None

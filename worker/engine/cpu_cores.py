@@ -10,6 +10,7 @@ everything else shares the rest. Linux only; elsewhere nothing is pinned.
 from __future__ import annotations
 
 import os
+import threading
 
 
 def parse_cores(spec: str) -> frozenset[int]:
@@ -52,3 +53,21 @@ def pin_current_thread(cores: frozenset[int]) -> None:
     """Run the calling thread (and the threads it starts from now on) on ``cores`` only."""
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
+
+
+def refused_cores(cores: frozenset[int]) -> OSError | None:
+    """Why the OS would not run a thread on ``cores`` (None: it would). Tried on a throwaway thread:
+    a thread may move beyond the affinity it inherited (``busstop up`` starts workers on its I/O cores),
+    only not beyond what the machine or its cpuset allows."""
+    refused: list[OSError] = []
+
+    def attempt() -> None:
+        try:
+            pin_current_thread(cores)
+        except OSError as exc:
+            refused.append(exc)
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    thread.join()
+    return refused[0] if refused else None
