@@ -74,6 +74,7 @@ def build_engine(
         attention_backend=engine_settings.attention_backend,
         device=str(settings.torch_device()),
         dtype=dtype,
+        slo=engine_settings.slo,
     )
     return Engine(loaded.model, config, loaded.eos_token_ids), loaded, max_model_len
 

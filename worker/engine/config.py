@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from worker.engine.step_shaping import SloTargets
+
 ATTENTION_BACKENDS = ("auto", "torch", "flashinfer")
 
 
@@ -22,6 +24,7 @@ class EngineConfig:
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     aging_s: float = 10.0  # a waiting request climbs one priority level per aging_s seconds of waiting
+    slo: SloTargets = SloTargets()  # step shaping for the latency-bound classes (step_shaping.py)
 
     def __post_init__(self) -> None:
         for name in ("page_size", "kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens",

@@ -143,6 +143,9 @@ class Engine:
                 del self._seqs[seq.req_id]
         self._last_step_num_tokens = scheduled.num_batched_tokens
         self._last_step_time_s = time.perf_counter() - start
+        shaper = self.scheduler.shaper
+        if shaper is not None and not step.failed:  # a step that isolated a failure ran more than once
+            shaper.observe(scheduled.num_batched_tokens, len(scheduled.scheduled), self._last_step_time_s)
         return outputs
 
     def _judge(self, failed: list[tuple[Sequence, str]], num_ran: int) -> None:
@@ -173,6 +176,7 @@ class Engine:
             prefix_cache_hits=sched.prefix_cache_hits,
             last_step_num_tokens=self._last_step_num_tokens,
             last_step_time_s=self._last_step_time_s,
+            num_held_back=sched.num_held_back,
         )
 
 

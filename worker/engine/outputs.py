@@ -45,3 +45,4 @@ class EngineStats:
     prefix_cache_hits: int = 0  # of those, tokens found in the cache
     last_step_num_tokens: int = 0
     last_step_time_s: float = 0.0
+    num_held_back: int = 0  # lower-class sequences the last step left out to keep a class's SLO

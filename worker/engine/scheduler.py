@@ -28,6 +28,7 @@ from worker.engine.block_manager import BlockManager
 from worker.engine.config import EngineConfig
 from worker.engine.constraint import ConstraintError, TokenConstraint
 from worker.engine.sequence import Sequence, SequenceStatus
+from worker.engine.step_shaping import StepBudget, StepShaper
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class Scheduler:
         self.config = config
         self.block_manager = block_manager
         self.clock = clock
+        self.shaper = StepShaper(config.slo, clock=clock) if config.slo.is_enabled else None
+        self.num_held_back = 0  # lower-class sequences the last step left out to keep an SLO
         self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -92,29 +95,52 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         step = _Step(self)
         self.running.sort(key=lambda s: (s.priority, s.arrival_time))
+        key = self._waiting_key(self.clock())
+        slo = self.shaper.budget([*self.running, *self.waiting]) if self.shaper is not None else None
+        if slo is None:
+            self._fill(step, key, lambda s: True)
+        else:  # the protected classes first, then lower classes within the step's deadline
+            rank = slo.protected_rank
+            self._fill(step, key, lambda s: s.priority <= rank)
+            has_prompt = any(s.num_new_tokens > 1 for s in step.scheduled.values())
+            slo.close_protected(step.num_tokens, len(step.scheduled), has_prompt)
+            self._fill(step, key, lambda s: s.priority > rank, slo)
+            self.shaper.finish(slo)  # type: ignore[union-attr]
+        self.num_held_back = len(step.held_back)
+        batch = list(step.scheduled.values())
+        return SchedulerOutput(batch, sum(s.num_new_tokens for s in batch), step.preempted)
+
+    def _fill(self, step: _Step, key: Callable[[Sequence], tuple[float, float]],
+              include: Callable[[Sequence], bool], slo: StepBudget | None = None) -> None:
+        """Schedule the ``include``d sequences: decodes, then prompt chunks; within ``slo`` if given."""
         for seq in list(self.running):
             if step.budget <= 0:
                 break
-            if seq.status is SequenceStatus.RUNNING and seq.num_uncomputed_tokens == 1:
+            if seq.status is SequenceStatus.RUNNING and seq.num_uncomputed_tokens == 1 and include(seq):
+                if step.limit(seq, slo) < 1:
+                    step.held_back.add(seq.req_id)
+                    continue
                 step.grow_running(seq)
 
-        key = self._waiting_key(self.clock())
-        candidates = sorted([s for s in self.running if s.req_id not in step.scheduled]
-                            + [s for s in self.waiting if s.req_id not in step.preempted], key=key)
+        candidates = sorted([s for s in self.running if include(s) and s.req_id not in step.scheduled
+                             and s.req_id not in step.held_back]
+                            + [s for s in self.waiting if include(s) and s.req_id not in step.preempted],
+                            key=key)
         is_admitting = True  # once a waiting sequence does not fit, none after it is admitted
         for seq in candidates:
             if step.budget <= 0:
                 break
             if seq.req_id in step.preempted:
                 continue
+            limit = step.limit(seq, slo)
             if seq.status is SequenceStatus.RUNNING:
-                if not step.grow_running(seq):
+                if limit < 1:
+                    step.held_back.add(seq.req_id)
+                elif not step.grow_running(seq, limit):
                     break  # out of pages even after preempting
             elif is_admitting:
                 # Running sequences further down still get their prompt chunks: they hold their slot.
-                is_admitting = step.admit(seq, key)
-        batch = list(step.scheduled.values())
-        return SchedulerOutput(batch, sum(s.num_new_tokens for s in batch), step.preempted)
+                is_admitting = limit >= 1 and step.admit(seq, key, limit)
 
     def _admit(self, seq: Sequence, page_ids: list[int], hashes: list[int]) -> None:
         self.block_manager.take_prefix(seq, page_ids, hashes)
@@ -181,11 +207,19 @@ class _Step:
         self.budget = scheduler.config.max_num_batched_tokens
         self.scheduled: dict[str, ScheduledSeq] = {}
         self.preempted: list[str] = []
+        self.held_back: set[str] = set()  # running, left out to keep the step within its SLO
+        self.num_tokens = 0
+
+    def limit(self, seq: Sequence, slo: StepBudget | None) -> int:
+        """How many of seq's uncomputed tokens this step may take: the token budget, and the SLO's."""
+        wanted = min(seq.num_uncomputed_tokens, self.budget)
+        return wanted if slo is None else slo.num_lower_tokens(self.num_tokens, len(self.scheduled), wanted)
 
     def _schedule(self, seq: Sequence, num_tokens: int) -> None:
         self.bm.allocate(seq, seq.num_computed_tokens + num_tokens)
         self.scheduled[seq.req_id] = ScheduledSeq(seq, num_tokens)
         self.budget -= num_tokens
+        self.num_tokens += num_tokens
 
     def preempt(self, victim: Sequence) -> None:
         """Preempt by recompute: free the pages, back to waiting with all tokens still to compute."""
@@ -194,6 +228,7 @@ class _Step:
         done = self.scheduled.pop(victim.req_id, None)
         if done is not None:
             self.budget += done.num_new_tokens
+            self.num_tokens -= done.num_new_tokens
         self.bm.free(victim)
         victim.num_computed_tokens = 0
         victim.status = SequenceStatus.WAITING
@@ -202,30 +237,32 @@ class _Step:
         sched.num_preemptions += 1
         self.preempted.append(victim.req_id)
 
-    def grow_running(self, seq: Sequence) -> bool:
-        """Schedule a running sequence's next tokens, preempting the lowest-priority, latest running
-        sequence while pages are short; False if that was seq itself."""
-        n = min(seq.num_uncomputed_tokens, self.budget)
+    def grow_running(self, seq: Sequence, limit: int | None = None) -> bool:
+        """Schedule a running sequence's next tokens (at most ``limit``), preempting the lowest-priority,
+        latest running sequence while pages are short; False if that was seq itself."""
+        cap = self.budget if limit is None else limit
+        n = min(seq.num_uncomputed_tokens, self.budget, cap)
         running = self.scheduler.running
         while self.bm.num_new_pages_needed(seq, seq.num_computed_tokens + n) > self.bm.num_free_pages:
             victim = max(running, key=lambda s: (s.priority, s.arrival_time))
             self.preempt(victim)
             if victim is seq:
                 return False
-            n = min(seq.num_uncomputed_tokens, self.budget)
+            n = min(seq.num_uncomputed_tokens, self.budget, cap)
         self._schedule(seq, n)
         return True
 
-    def admit(self, seq: Sequence, key: Callable[[Sequence], tuple[float, float]]) -> bool:
-        """Admit a waiting sequence (with its prefix-cache hit) if a slot and pages can be found,
-        preempting lower-priority running sequences if needed; False if it does not fit."""
+    def admit(self, seq: Sequence, key: Callable[[Sequence], tuple[float, float]], limit: int) -> bool:
+        """Admit a waiting sequence (with its prefix-cache hit, and at most ``limit`` new tokens) if a
+        slot and pages can be found, preempting lower-priority running sequences if needed; False if
+        it does not fit."""
         sched, bm = self.scheduler, self.bm
         if len(sched.running) >= sched.config.max_num_seqs and not self._preempt_lower(seq, key):
             return False
         page_ids, hashes = bm.match_prefix(seq.token_ids)
         num_hit_tokens = len(page_ids) * bm.page_size
         while True:
-            n = min(seq.num_tokens - num_hit_tokens, self.budget)
+            n = min(seq.num_tokens - num_hit_tokens, self.budget, limit)
             needed = bm.num_pages_for(num_hit_tokens + n) - len(page_ids) + bm.num_free_among(page_ids)
             if needed <= bm.num_free_pages:
                 break

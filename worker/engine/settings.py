@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.engine.cpu_cores import parse_cores
+from worker.engine.step_shaping import SloTargets
 
 
 class EngineSettings(BaseSettings):
@@ -26,6 +27,16 @@ class EngineSettings(BaseSettings):
     # Cores the step thread runs on ('1', '2-7'); the worker's other threads keep the rest of its cores.
     # '' pins nothing. `busstop up` fills it in on a CPU (worker/engine/cpu_cores.py says why).
     cpu_cores: str = ""
+    # SLO step shaping (step_shaping.py): while a latency-bound class has work, each step holds lower
+    # classes back to stay within its targets. A target of 0 is derived: slo_slowdown times the
+    # measured cost of the class's own work alone in the step.
+    slo_shaping: bool = True
+    slo_slowdown: float = Field(default=1.4, ge=1)
+    slo_quiet_s: float = Field(default=2.0, ge=0)  # the cap outlives the class's last sequence this long
+    interactive_tpot_ms: float = Field(default=0, ge=0)
+    interactive_ttft_ms: float = Field(default=0, ge=0)  # a step that carries an interactive prompt
+    priority_tpot_ms: float = Field(default=0, ge=0)
+    priority_ttft_ms: float = Field(default=0, ge=0)
 
     @field_validator("cpu_cores")
     @classmethod
@@ -36,6 +47,16 @@ class EngineSettings(BaseSettings):
     @property
     def engine_cores(self) -> frozenset[int]:
         return parse_cores(self.cpu_cores)
+
+    @property
+    def slo(self) -> SloTargets:
+        return SloTargets(
+            tpot_s=(self.interactive_tpot_ms / 1000, self.priority_tpot_ms / 1000),
+            ttft_s=(self.interactive_ttft_ms / 1000, self.priority_ttft_ms / 1000),
+            slowdown=self.slo_slowdown,
+            quiet_s=self.slo_quiet_s,
+            is_enabled=self.slo_shaping,
+        )
 
 
 @lru_cache

@@ -1,0 +1,136 @@
+"""SLO step shaping: while interactive work runs, lower classes get only what keeps the step in time."""
+
+from __future__ import annotations
+
+from tests.worker.test_scheduler import Clock, advance, plan, seq
+from worker.engine.block_manager import BlockManager
+from worker.engine.config import EngineConfig
+from worker.engine.scheduler import Scheduler
+from worker.engine.step_cost import StepCost
+from worker.engine.step_shaping import SloTargets
+
+INTERACTIVE, PRIORITY, BATCH = 0, 1, 2
+# A machine whose step costs 30 ms plus 1 ms a token (the fit below recovers it exactly).
+COST = StepCost(base_s=0.030, per_token_s=0.001, per_seq_s=0.0)
+
+
+DEFAULT = SloTargets()
+
+
+def make(slo: SloTargets = DEFAULT, **config) -> tuple[Scheduler, Clock]:
+    cfg = EngineConfig(page_size=4, num_pages=512, max_num_seqs=128, slo=slo, **config)
+    clock = Clock()
+    sched = Scheduler(cfg, BlockManager(512, 4, True), clock)
+    assert sched.shaper is not None
+    for n in range(1, 65):  # steps measured on the machine above: decodes, and prefill chunks
+        sched.shaper.observe(n, n, COST.seconds(n, n))
+        sched.shaper.observe(n + 100, n, COST.seconds(n + 100, n))
+    return sched, clock
+
+
+def running(sched: Scheduler, name: str, num: int, priority: int) -> list[str]:
+    """``num`` sequences of ``priority`` past their prompt: each step is one decode token for each."""
+    names = [f"{name}{i}" for i in range(num)]
+    for n in names:
+        sched.add(seq(n, 2, priority=priority))
+    while any(s.num_uncomputed_tokens > 1 for s in sched.running + sched.waiting):
+        advance(sched, sched.schedule())
+    return names
+
+
+def test_lower_classes_get_what_keeps_the_interactive_step_within_its_slowdown() -> None:
+    sched, _ = make()
+    batch = running(sched, "b", 32, BATCH)
+    chat = running(sched, "i", 4, INTERACTIVE)
+    out = sched.schedule()
+    scheduled = plan(out)
+    assert all(scheduled.get(n) == 1 for n in chat)
+    # 1.4 x the 4 interactive decodes alone (34 ms) = 47.6 ms: room for 13 more tokens.
+    assert sum(1 for n in batch if n in scheduled) == 13
+    assert sched.num_held_back == 32 - 13
+    assert COST.seconds(out.num_batched_tokens, len(out.scheduled)) <= 1.4 * COST.seconds(4, 4)
+
+
+def test_the_longest_waiting_batch_decodes_are_the_ones_that_run() -> None:
+    sched, _ = make()
+    batch = running(sched, "b", 20, BATCH)
+    running(sched, "i", 4, INTERACTIVE)
+    scheduled = plan(sched.schedule())
+    assert [n for n in batch if n in scheduled] == batch[:13]
+
+
+def test_without_interactive_work_the_batch_takes_the_whole_step() -> None:
+    sched, clock = make(SloTargets(quiet_s=2.0))
+    batch = running(sched, "b", 32, BATCH)
+    clock.now += 10
+    assert len(plan(sched.schedule())) == 32
+    assert sched.num_held_back == 0
+    assert batch
+
+
+def test_the_cap_stays_through_a_quiet_spell_and_lifts_after_it() -> None:
+    sched, clock = make(SloTargets(quiet_s=2.0))
+    running(sched, "b", 32, BATCH)
+    chat = running(sched, "i", 4, INTERACTIVE)
+    advance(sched, sched.schedule())
+    for n in chat:  # the chat turns end
+        sched.remove(next(s for s in sched.running if s.req_id == n))
+    clock.now += 1.0
+    # Within the quiet spell the last deadline holds: 47.6 ms is 17 batch tokens alone.
+    assert len(plan(sched.schedule())) == 17
+    clock.now += 1.5
+    assert len(plan(sched.schedule())) == 32
+
+
+def test_an_explicit_tpot_target_replaces_the_derived_one() -> None:
+    sched, _ = make(SloTargets(tpot_s=(0.040, 0.0)))
+    batch = running(sched, "b", 32, BATCH)
+    running(sched, "i", 4, INTERACTIVE)
+    scheduled = plan(sched.schedule())
+    assert sum(1 for n in batch if n in scheduled) == 6  # 40 ms - 34 ms = 6 tokens
+
+
+def test_a_step_with_an_interactive_prompt_chunks_the_batch_prompt_to_the_ttft_target() -> None:
+    sched, _ = make(SloTargets(ttft_s=(0.100, 0.0)))
+    sched.add(seq("batch-prompt", 200, priority=BATCH))
+    sched.add(seq("chat-prompt", 40, priority=INTERACTIVE))
+    scheduled = plan(sched.schedule())
+    assert scheduled["chat-prompt"] == 40
+    assert scheduled["batch-prompt"] == 100 - 30 - 40  # what is left of 100 ms at 1 ms a token
+
+
+def test_the_priority_class_is_protected_from_batch_when_no_interactive_work_runs() -> None:
+    sched, _ = make()
+    batch = running(sched, "b", 32, BATCH)
+    internal = running(sched, "p", 4, PRIORITY)
+    scheduled = plan(sched.schedule())
+    assert all(n in scheduled for n in internal)
+    assert sum(1 for n in batch if n in scheduled) == 13
+
+
+def test_priority_work_is_held_back_for_interactive_work_like_batch() -> None:
+    sched, _ = make()
+    internal = running(sched, "p", 16, PRIORITY)
+    batch = running(sched, "b", 16, BATCH)
+    running(sched, "i", 4, INTERACTIVE)
+    scheduled = plan(sched.schedule())
+    assert sum(1 for n in internal if n in scheduled) == 13  # the higher of the lower classes first
+    assert not any(n in scheduled for n in batch)
+
+
+def test_shaping_off_schedules_everything() -> None:
+    cfg = EngineConfig(page_size=4, num_pages=512, max_num_seqs=128, slo=SloTargets(is_enabled=False))
+    sched = Scheduler(cfg, BlockManager(512, 4, True), Clock())
+    assert sched.shaper is None
+    running(sched, "b", 32, BATCH)
+    running(sched, "i", 4, INTERACTIVE)
+    assert len(plan(sched.schedule())) == 36
+
+
+def test_a_waiting_batch_request_is_not_admitted_while_the_step_has_no_room() -> None:
+    sched, _ = make(SloTargets(tpot_s=(0.034, 0.0)))
+    running(sched, "i", 4, INTERACTIVE)
+    sched.add(seq("late-batch", 10, priority=BATCH))
+    out = sched.schedule()
+    assert "late-batch" not in plan(out)
+    assert [s.req_id for s in sched.waiting] == ["late-batch"]
