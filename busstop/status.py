@@ -75,8 +75,11 @@ def read_queue(
 ) -> QueueRow:
     waiting = in_flight = 0
     oldest: float | None = None
+    streams = []
     for partition in range(partitions):
-        stream = keys.request_stream(model, traffic_class, partition)
+        tenants = client.hkeys(keys.tenants_key(model, traffic_class, partition))  # empty if interactive
+        streams += [keys.request_stream(model, traffic_class, partition, _text(t)) for t in ["", *tenants]]
+    for stream in streams:
         length = int(client.xlen(stream))
         try:
             groups = client.xinfo_groups(stream)

@@ -20,8 +20,10 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def key_entry(key: str, tenant: str, key_class: KeyClass, limits: Limits) -> KeyEntry:
-    return KeyEntry(sha256=hash_key(key), tenant=tenant, traffic_class=key_class, limits=limits)
+def key_entry(key: str, tenant: str, key_class: KeyClass, limits: Limits, weight: float = 1.0) -> KeyEntry:
+    return KeyEntry(
+        sha256=hash_key(key), tenant=tenant, traffic_class=key_class, limits=limits, weight=weight
+    )
 
 
 def _entry_yaml(entry: KeyEntry) -> str:
@@ -33,6 +35,8 @@ def _entry_yaml(entry: KeyEntry) -> str:
     ]
     if limits:
         lines.append("    limits: {" + ", ".join(f"{k}: {v}" for k, v in limits.items()) + "}")
+    if entry.weight != 1.0:
+        lines.append(f"    weight: {entry.weight:g}")
     return "\n".join(lines)
 
 
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--rpm", type=int, default=None, help="requests per minute")
     new.add_argument("--tpm", type=int, default=None, help="tokens per minute")
     new.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at once")
+    new.add_argument("--weight", type=float, default=1.0, help="the tenant's share of the internal classes")
     hashed = sub.add_parser("hash", help="print the sha256 entry of an existing key read from stdin")
     hashed.add_argument("--tenant", required=True)
     hashed.add_argument(
@@ -57,13 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "new":
         key = new_key()
         limits = Limits(rpm=args.rpm, tpm=args.tpm, max_concurrency=args.max_concurrency)
+        weight = args.weight
         print(f"key: {key}")
     else:
         key = sys.stdin.readline().strip()
         if not key:
             parser.error("no key on stdin")
-        limits = Limits()
-    entry = key_entry(key, args.tenant, KeyClass(args.key_class), limits)
+        limits, weight = Limits(), 1.0
+    entry = key_entry(key, args.tenant, KeyClass(args.key_class), limits, weight)
     print("# add to the keys file (BUSSTOP_KEYS_FILE):\nkeys:")
     print(_entry_yaml(entry))
     return 0

@@ -31,8 +31,33 @@ def partition_of(req_id: str, partitions: int) -> int:
     return zlib.crc32(req_id.encode()) % partitions
 
 
-def request_stream(model: str, traffic_class: TrafficClass | str, partition: int = 0) -> str:
-    return f"{PREFIX}:requests:{{{model}/{partition}}}:{TrafficClass(traffic_class).value}"
+# The internal classes keep one request stream per tenant beside the class's own (tenant ""), so a
+# worker picks whose request runs next by tenant share (``worker/service/fair_read.lua``); interactive
+# traffic has one stream. All of a partition's streams share its slot, so one script reads them all.
+FAIR_CLASSES = (TrafficClass.PRIORITY, TrafficClass.BATCH)
+
+
+def request_stream(
+    model: str, traffic_class: TrafficClass | str, partition: int = 0, tenant: str = ""
+) -> str:
+    name = f"{PREFIX}:requests:{{{model}/{partition}}}:{TrafficClass(traffic_class).value}"
+    return f"{name}:{tenant}" if tenant and TrafficClass(traffic_class) in FAIR_CLASSES else name
+
+
+# Tenant shares of an internal class, per partition (the slot of its streams), kept until deleted:
+# ``tenants``: tenant -> weight, set by gateways with every request (the streams workers read);
+# ``virtual_tokens``: tenant -> tokens served divided by weight (the VTC counter);
+# ``busy_tenants``: the tenants with queued requests at the last pick (who returns from idle).
+def tenants_key(model: str, traffic_class: TrafficClass | str, partition: int = 0) -> str:
+    return f"{PREFIX}:tenants:{{{model}/{partition}}}:{TrafficClass(traffic_class).value}"
+
+
+def virtual_tokens_key(model: str, traffic_class: TrafficClass | str, partition: int = 0) -> str:
+    return f"{PREFIX}:vtc:{{{model}/{partition}}}:{TrafficClass(traffic_class).value}"
+
+
+def busy_tenants_key(model: str, traffic_class: TrafficClass | str, partition: int = 0) -> str:
+    return f"{PREFIX}:vtc:{{{model}/{partition}}}:{TrafficClass(traffic_class).value}:busy"
 
 
 REQUEST_STREAMS_PATTERN = f"{PREFIX}:requests:*"

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
 DATA_FIELD = "data"
+# An internal request's entry also carries ``cost``: the tokens it is expected to take (prompt and
+# max_tokens, estimated by the gateway), charged to its tenant's share when a worker takes it.
+COST_FIELD = "cost"
 _DATA_FIELD_BYTES = DATA_FIELD.encode()  # the field's name in a client that does not decode replies
 
 
@@ -95,6 +98,9 @@ class GenerateRequest(_Message):
     model: str
     traffic_class: TrafficClass = TrafficClass.INTERACTIVE
     tenant: str = ""
+    # The tenant's share within its internal class (the keys file's weight): twice the weight, twice
+    # the tokens when tenants contend.
+    tenant_weight: float = Field(default=1.0, gt=0)
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None

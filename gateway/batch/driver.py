@@ -155,8 +155,7 @@ class BatchDriver:
         generation = self._executor.generation(request)
         stream = generation.request_stream
         if prior is None or not prior[1]:  # never submitted, or its runner died while submitting
-            message = generation.request.model_dump_json()  # it carries the trace's parent
-            prior = await self._store.submit(batch.id, line.index, req_id, stream, message)
+            prior = await self._store.submit(batch.id, line.index, req_id, generation.enqueue)
         line_sent = Submitted(prior[0], stream, prior[1])
         events = await await_line(
             generation, self._redis, line_sent, self._stopping, self._settings.batch_lost_check_s

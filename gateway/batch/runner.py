@@ -1,7 +1,8 @@
 """Runs batches in the background of every gateway replica, each batch on exactly one replica.
 
-Every ``batch_poll_s`` a replica looks at the active batches and takes a lease on those no one holds
-(up to ``max_running_batches``). It renews each lease every third of its length; if a renewal fails
+Every ``batch_poll_s`` a replica looks at the batches that may run (``BatchStore.runnable_ids``: a
+tenant's earliest deadline first) and takes a lease on those no one holds (up to
+``max_running_batches``). It renews each lease every third of its length; if a renewal fails
 (the replica stalled and another took over) it stops driving that batch at once. A replica that dies
 simply stops renewing: the lease runs out and another replica resumes the batch where it was.
 """
@@ -71,7 +72,7 @@ class BatchRunner:
             await asyncio.sleep(self._settings.batch_poll_s)
 
     async def _take_free_batches(self) -> None:
-        for batch_id in await self._store.active_ids():
+        for batch_id in await self._store.runnable_ids():
             if len(self._running) >= self._settings.max_running_batches:
                 return
             if batch_id in self._running:

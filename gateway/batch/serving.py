@@ -45,7 +45,10 @@ class ServingExecutor:
         if parsed.n > 1:
             raise OpenAIError(400, "n > 1 is not supported in a batch; use one line per choice", param="n")
         window = await known_window(self._state, parsed.model)  # a batch waits for workers: no 503
-        common: dict[str, Any] = {"req_id": req_id, "model": parsed.model, "tenant": tenant}
+        common: dict[str, Any] = {
+            "req_id": req_id, "model": parsed.model, "tenant": tenant,
+            "tenant_weight": self._state.keys.weight_of(tenant),
+        }
         if isinstance(parsed, ChatCompletionRequest):
             sampling = parsed.sampling(window or UNBOUNDED_MAX_TOKENS)
             common["messages"] = parsed.chat_messages()

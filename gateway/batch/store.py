@@ -10,8 +10,10 @@ Every change that must happen once is one atomic step in Redis:
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -25,7 +27,6 @@ from gateway.batch.models import (
     batch_to_fields,
 )
 from shared import keys
-from shared.messages import DATA_FIELD
 
 # KEYS[1] batch hash. ARGV[1] allowed current statuses "a,b", ARGV[2] new status, ARGV[3..] field/value pairs.
 _TRANSITION = """
@@ -132,12 +133,32 @@ class BatchStore:
     async def active_ids(self) -> list[str]:
         return sorted(_str(i) for i in await self._redis.smembers(keys.BATCHES_ACTIVE))
 
+    async def runnable_ids(self) -> list[str]:
+        """The active batches a runner may drive now, earliest deadline first. Within a tenant only the
+        in-progress batch with the earliest deadline (then the oldest) runs; its later ones wait for it,
+        so a tenant's share goes to its most urgent job. Batches being closed always may run."""
+        heads: dict[str, tuple[float, int, str]] = {}
+        closing: list[tuple[float, int, str]] = []
+        for batch_id in await self.active_ids():
+            data = _strs(await self._redis.hgetall(keys.batch_key(batch_id)))
+            if not data:
+                continue
+            batch = batch_from_fields(data)
+            order = (float(batch.expires_at or math.inf), batch.created_at, batch_id)
+            tenant = data.get("tenant", "")
+            if batch.status not in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+                closing.append(order)
+            elif tenant not in heads or order < heads[tenant]:
+                heads[tenant] = order
+        return [batch_id for *_, batch_id in sorted([*heads.values(), *closing])]
+
     # --- lines ---------------------------------------------------------------------------------------
 
     async def submit(
-        self, batch_id: str, index: int, req_id: str, stream: str, message: str
+        self, batch_id: str, index: int, req_id: str, enqueue: Callable[[], Awaitable[str]]
     ) -> tuple[str, str]:
-        """Put the line's request on ``stream`` unless it was; the line's (req_id, request message id).
+        """Put the line's request on its stream (``enqueue``) unless it was; the line's (req_id, request
+        message id).
 
         Three steps, not one script: on a Redis Cluster the line's record and the request stream live
         in different slots. A runner that died between marking the line and adding it left a req_id
@@ -150,7 +171,7 @@ class BatchStore:
         assert line is not None  # just marked
         if line[1]:
             return line
-        msg_id = _str(await self._redis.xadd(stream, {DATA_FIELD: message}))
+        msg_id = await enqueue()
         await self._redis.hset(submitted, str(index), f"{line[0]} {msg_id}")
         return line[0], msg_id
 

@@ -7,6 +7,13 @@ The keys file (YAML or JSON) stores only sha256 hashes of keys, never the keys::
         tenant: chat-frontend
         traffic_class: public        # public -> interactive; internal -> batch or priority
         limits: {rpm: 600, tpm: 200000, max_concurrency: 64}
+      - sha256: ...
+        tenant: distillation
+        traffic_class: internal
+        weight: 2                    # twice the default share of the internal classes
+
+Internal tenants share their classes by weight (a tenant's weight is the largest any of its keys
+gives): when tenants contend, each gets tokens in proportion to it (``worker/service/fair_read.lua``).
 
 A presented key is hashed and compared with every stored hash by ``hmac.compare_digest``, so the
 time taken does not depend on how much of a hash matches. ``python -m gateway.keygen new`` makes a key.
@@ -45,9 +52,10 @@ class KeyEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     sha256: str
-    tenant: str = Field(min_length=1)
+    tenant: str = Field(min_length=1, pattern=r"^[^{}]+$")  # it names Redis streams: no braces
     traffic_class: KeyClass = KeyClass.PUBLIC
     limits: Limits = Field(default_factory=Limits)
+    weight: float = Field(default=1.0, gt=0, le=1000)
 
     @field_validator("sha256")
     @classmethod
@@ -72,6 +80,7 @@ class Principal:
     key_class: KeyClass
     limits: Limits
     key_id: str  # first 8 hex digits of the key's hash: safe to log, enough to tell keys apart
+    weight: float = 1.0  # the tenant's share within the internal classes
 
 
 def hash_key(key: str) -> str:
@@ -83,6 +92,13 @@ class KeyStore:
 
     def __init__(self, entries: list[KeyEntry]) -> None:
         self._entries = [(bytes.fromhex(e.sha256), e) for e in entries]
+        self._weights: dict[str, float] = {}
+        for e in entries:
+            self._weights[e.tenant] = max(e.weight, self._weights.get(e.tenant, 0.0))
+
+    def weight_of(self, tenant: str) -> float:
+        """The tenant's share weight: the largest any of its keys gives (1 for a tenant it does not know)."""
+        return self._weights.get(tenant, 1.0)
 
     def authenticate(self, key: str) -> Principal | None:
         digest = hashlib.sha256(key.encode("utf-8")).digest()
@@ -92,7 +108,9 @@ class KeyStore:
                 found = entry
         if found is None:
             return None
-        return Principal(found.tenant, found.traffic_class, found.limits, found.sha256[:8])
+        return Principal(
+            found.tenant, found.traffic_class, found.limits, found.sha256[:8], self._weights[found.tenant]
+        )
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -55,7 +55,11 @@ async def num_queued(redis: Redis, model: str, traffic_class: TrafficClass, part
     """Requests of (model, class) that no worker has taken yet, in all partitions."""
     total = 0
     for partition in range(partitions):
-        total += await _num_queued(redis, keys.request_stream(model, traffic_class, partition))
+        tenants: list[str] = []
+        if traffic_class in keys.FAIR_CLASSES:  # and each tenant's stream of the class
+            tenants = await redis.hkeys(keys.tenants_key(model, traffic_class, partition))  # type: ignore[misc,assignment]
+        for tenant in ["", *tenants]:
+            total += await _num_queued(redis, keys.request_stream(model, traffic_class, partition, tenant))
     return total
 
 

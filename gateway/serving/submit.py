@@ -122,6 +122,7 @@ async def start_generations(
         model=model,
         traffic_class=traffic_class(principal, http.headers.get(TRAFFIC_CLASS_HEADER), priority),
         tenant=principal.tenant,
+        tenant_weight=principal.weight,
         messages=messages,
         tools=tools,
         prompt=prompt,

@@ -20,6 +20,7 @@ from redis.exceptions import ResponseError
 from gateway.core.config import GatewaySettings
 from gateway.core.errors import OpenAIError
 from gateway.telemetry.request import CLIENT_CLOSED, RequestTelemetry
+from gateway.transport.enqueue import enqueue, request_stream
 from gateway.transport.presence import GatewayPresence
 from gateway.transport.replies import ReplyReader
 from gateway.transport.workers import WorkerRegistry
@@ -58,8 +59,8 @@ class Generation:
         self._settings = settings
         self._reader = ReplyReader(redis, request.req_id)
         self._reads = RetryPolicy(deadline_s=settings.redis_retry_s)
-        partition = keys.partition_of(request.req_id, keys.request_partitions(settings.redis_cluster))
-        self._stream = keys.request_stream(request.model, request.traffic_class, partition)
+        self._partition = keys.partition_of(request.req_id, keys.request_partitions(settings.redis_cluster))
+        self._stream = request_stream(request, self._partition)
         self._message_id: str | bytes | None = None
         self._early: list[ReplyEvent] = []  # events read together with the first one
 
@@ -70,6 +71,10 @@ class Generation:
     @property
     def request_stream(self) -> str:
         return self._stream
+
+    async def enqueue(self) -> str:
+        """Put the request on its stream (``start`` does, or the Batch API's line record); the message id."""
+        return await enqueue(self._redis, self.request, self._partition)
 
     def attach(self, message_id: str | bytes) -> None:
         """The request was put on its stream elsewhere (the Batch API records it with the line)."""
@@ -84,12 +89,12 @@ class Generation:
         """
         req = self.request
         if self._presence is None:
-            self.attach(await self._redis.xadd(self._stream, {DATA_FIELD: req.model_dump_json()}))
+            self.attach(await self.enqueue())
         else:  # the lease first: a worker that takes the message finds it (not one pipeline: on a
             # cluster the two go to different nodes at once)
             lease_ms = keys.LEASE_S * 1000
             await self._redis.set(keys.request_lease(req.req_id), self._presence.gateway_id, px=lease_ms)
-            message_id = await self._redis.xadd(self._stream, {DATA_FIELD: req.model_dump_json()})
+            message_id = await self.enqueue()
             self._presence.serve(self)
             self.attach(message_id)
         queued_at = time.monotonic()

@@ -12,8 +12,11 @@ import pytest
 
 from gateway.batch.config import get_batch_settings
 from gateway.core.auth import hash_key
+from shared import keys
+from shared.messages import TrafficClass
 
 INTERNAL_KEY = "internal-key"
+INTERNAL_TENANT = "research"
 INTERNAL = {"Authorization": f"Bearer {INTERNAL_KEY}"}
 PUBLIC_KEY = "public-key"
 CHAT = "/v1/chat/completions"
@@ -21,11 +24,16 @@ CHAT = "/v1/chat/completions"
 
 def write_keys_file(path: Path) -> Path:
     entries = [
-        {"sha256": hash_key(INTERNAL_KEY), "tenant": "research", "traffic_class": "internal"},
+        {"sha256": hash_key(INTERNAL_KEY), "tenant": INTERNAL_TENANT, "traffic_class": "internal"},
         {"sha256": hash_key(PUBLIC_KEY), "tenant": "chat", "traffic_class": "public"},
     ]
     path.write_text(json.dumps({"keys": entries}))
     return path
+
+
+def batch_stream(model: str) -> str:
+    """The request stream the internal key's batch lines wait on: its tenant's."""
+    return keys.request_stream(model, TrafficClass.BATCH, 0, INTERNAL_TENANT)
 
 
 def batch_env(monkeypatch: pytest.MonkeyPatch, files_dir: Path, **overrides: object) -> None:

@@ -94,20 +94,31 @@ class FakeWorker:
             px=int(keys.HEARTBEAT_TTL_S * 1000),
         )
 
+    async def _tenant_streams(self, classes: dict[str, TrafficClass]) -> None:
+        """Add the internal classes' tenant streams gateways registered (a first-come reader, no shares)."""
+        for tc in keys.FAIR_CLASSES:
+            for tenant in await self.redis.hkeys(keys.tenants_key(self.model, tc)):
+                stream = keys.request_stream(self.model, tc, 0, tenant)
+                if stream not in classes:
+                    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+                        await self.redis.xgroup_create(stream, keys.WORKER_GROUP, "0", mkstream=True)
+                    classes[stream] = tc
+
     async def _run(self) -> None:
-        streams = {keys.request_stream(self.model, tc): ">" for tc in TrafficClass}
+        classes = {keys.request_stream(self.model, tc): tc for tc in TrafficClass}
         control = keys.control_stream(self.worker_id)
         control_id = "0-0"
         while not self._is_stopping:
             await self._beat()
+            await self._tenant_streams(classes)
             found: Any = await self.redis.xreadgroup(
-                keys.WORKER_GROUP, self.worker_id, streams, count=16, block=20
+                keys.WORKER_GROUP, self.worker_id, dict.fromkeys(classes, ">"), count=16, block=20
             )
             for stream, entries in found or ():
                 for msg_id, fields in entries:
                     req = GenerateRequest.model_validate_json(fields[DATA_FIELD])
                     self.requests.append(req)
-                    self.streams[req.req_id] = TrafficClass(stream.rsplit(":", 1)[1])
+                    self.streams[req.req_id] = classes[stream]
                     task = asyncio.create_task(self._serve(stream, msg_id, req))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)

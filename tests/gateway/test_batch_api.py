@@ -11,13 +11,13 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from gateway.main import create_app
-from shared import keys
 from shared.messages import TrafficClass
 from tests.gateway.batch_helpers import (
     CHAT,
     INTERNAL_KEY,
     PUBLIC_KEY,
     batch_env,
+    batch_stream,
     chat_line,
     create_batch,
     file_lines,
@@ -127,7 +127,7 @@ async def test_batch_of_50_with_3_invalid_lines(client: httpx.AsyncClient, redis
     assert len({r.req_id for r in worker.requests}) == 47
     redis = Redis.from_url(redis_url, decode_responses=True)
     try:
-        assert await redis.xlen(keys.request_stream("tiny", TrafficClass.BATCH)) == 47
+        assert await redis.xlen(batch_stream("tiny")) == 47
         listed = (await client.get("/v1/batches")).json()
         assert [b["id"] for b in listed["data"]] == [batch["id"]] and not listed["has_more"]
     finally:
@@ -158,7 +158,7 @@ async def test_cancel_mid_batch(client: httpx.AsyncClient, redis_url: str) -> No
         done = await wait_batch(client, batch["id"], FINAL)
         redis = Redis.from_url(redis_url, decode_responses=True)
         try:
-            num_submitted = await redis.xlen(keys.request_stream("tiny", TrafficClass.BATCH))
+            num_submitted = await redis.xlen(batch_stream("tiny"))
         finally:
             await redis.aclose()
     assert done["status"] == "cancelled" and done["cancelled_at"] is not None

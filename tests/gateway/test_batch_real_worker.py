@@ -16,8 +16,15 @@ from redis.asyncio import Redis
 
 from gateway.main import create_app
 from shared import keys
-from shared.messages import TrafficClass, WorkerHeartbeat
-from tests.gateway.batch_helpers import INTERNAL, batch_env, file_lines, wait_batch, write_keys_file
+from shared.messages import WorkerHeartbeat
+from tests.gateway.batch_helpers import (
+    INTERNAL,
+    batch_env,
+    batch_stream,
+    file_lines,
+    wait_batch,
+    write_keys_file,
+)
 from tests.gateway.conftest import make_settings
 from tests.worker.tiny_llama import make_engine, make_hf_model
 from worker.loader.load import load_tokenizer, resolve_path
@@ -155,7 +162,7 @@ async def test_cancel_mid_batch_on_a_real_worker(
             if beat.num_running == 0 and beat.num_waiting == 0:
                 break
             await asyncio.sleep(0.05)
-        num_submitted = await redis.xlen(keys.request_stream(MODEL, TrafficClass.BATCH))
+        num_submitted = await redis.xlen(batch_stream(MODEL))
     finally:
         await redis.aclose()
     assert num_submitted < 40

@@ -20,10 +20,10 @@ from redis.asyncio import Redis
 from busstop.redis_server import free_port
 from gateway.main import create_app
 from shared import keys
-from shared.messages import TrafficClass
 from tests.gateway.batch_helpers import (
     INTERNAL,
     batch_env,
+    batch_stream,
     chat_line,
     create_batch,
     file_lines,
@@ -98,7 +98,7 @@ async def assert_completed_once(
     assert len(worker.requests) == NUM_LINES
     redis = Redis.from_url(redis_url)
     try:
-        assert await redis.xlen(keys.request_stream("tiny", TrafficClass.BATCH)) == NUM_LINES
+        assert await redis.xlen(batch_stream("tiny")) == NUM_LINES
         assert not await redis.smembers(keys.BATCHES_ACTIVE)
     finally:
         await redis.aclose()

@@ -75,7 +75,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], attempts: int = 240) 
 
 def last_request_id(store: redis.Redis, traffic_class: TrafficClass) -> str:
     """The id of the newest entry ever added to the class's request stream (acked ones may be gone)."""
-    name = request_stream(MODEL, traffic_class)
+    name = request_stream(MODEL, traffic_class, 0, "curation")  # the internal key's tenant (batch)
     return str(store.xinfo_stream(name)["last-generated-id"]) if store.exists(name) else "0-0"
 
 

@@ -65,6 +65,7 @@ class Stats:
     prefix_cache_hits: int = 0
     last_step_num_tokens: int = 0
     last_step_time_s: float = 0.0
+    num_held_back: int = 0
 
 
 def test_worker_metrics_follow_engine_stats_once_per_step() -> None:
@@ -76,6 +77,7 @@ def test_worker_metrics_follow_engine_stats_once_per_step() -> None:
         Stats(
             num_running=2,
             num_waiting=1,
+            num_held_back=3,
             num_free_pages=75,
             prefix_cache_queries=40,
             prefix_cache_hits=16,
@@ -85,6 +87,7 @@ def test_worker_metrics_follow_engine_stats_once_per_step() -> None:
     )
     assert value(registry, "busstop:num_requests_running", **m) == 2
     assert value(registry, "busstop:num_requests_waiting", **m) == 1
+    assert value(registry, "busstop:num_requests_held_back", **m) == 3
     assert value(registry, "busstop:kv_cache_pages_used", **m) == 25
     assert value(registry, "busstop:kv_cache_pages_total", **m) == 100
     assert value(registry, "busstop:kv_cache_usage_perc", **m) == 0.25
@@ -101,3 +104,15 @@ def test_worker_metrics_follow_engine_stats_once_per_step() -> None:
     assert value(registry, "busstop:kv_cache_pages_used", **m) == 0
     # An idle step (no tokens) records no step time or size.
     assert value(registry, "busstop:step_duration_seconds_count", **m) == 1
+
+
+def test_worker_metrics_export_the_tenants_virtual_counters_at_each_scrape() -> None:
+    registry = CollectorRegistry()
+    counters: dict[tuple[str, str], float] = {("batch", "distill"): 120.0}
+    WorkerMetrics("smollm2", registry).watch_shares(counters)
+    labels = {"model_name": "smollm2", "traffic_class": "batch"}
+    assert value(registry, "busstop:tenant_virtual_tokens", tenant="distill", **labels) == 120.0
+    counters[("batch", "distill")] = 180.0
+    counters[("batch", "curation")] = 90.0
+    assert value(registry, "busstop:tenant_virtual_tokens", tenant="distill", **labels) == 180.0
+    assert value(registry, "busstop:tenant_virtual_tokens", tenant="curation", **labels) == 90.0

@@ -1,6 +1,7 @@
 """Reading request messages from the model's request streams as a member of the worker group.
 
-Interactive first, then priority, then batch, and never more than the caller says it can admit.
+Interactive first, then priority, then batch, and never more than the caller says it can admit;
+within the internal classes, tenant by tenant share (``fair_share.py``).
 Also the halves of reclaim: keeping our own held messages fresh, taking over at once the messages of
 a worker whose heartbeat is gone, and, later, any message left idle whoever holds it.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +17,30 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from shared import keys
-from shared.messages import DATA_FIELD, TrafficClass
+from shared.messages import COST_FIELD, DATA_FIELD, TrafficClass
 from shared.redis_client import LuaScript, execute_loading
+from worker.service.fair_share import FairIntake
+from worker.service.intake_message import IntakeMessage
 from worker.service.replies import HeldMessage
 
 CLASS_ORDER = (TrafficClass.INTERACTIVE, TrafficClass.PRIORITY, TrafficClass.BATCH)
 _REFRESH = LuaScript((Path(__file__).parent / "refresh.lua").read_text())
 
 
-@dataclass(frozen=True)
-class IntakeMessage:
-    message: HeldMessage
-    data: str | None  # the GenerateRequest JSON; None if the entry has no data field
-    is_reclaimed: bool = False
-    num_deliveries: int = 1  # times the group handed it to a worker, this one included
-
-
 def request_streams(
-    model: str, classes: tuple[TrafficClass, ...] = CLASS_ORDER, partitions: int = 1
+    model: str, classes: tuple[TrafficClass, ...] = CLASS_ORDER, partitions: int = 1,
+    fair: FairIntake | None = None,
 ) -> list[str]:
-    """Class by class, each class's partitions in turn."""
-    return [keys.request_stream(model, tc, p) for tc in classes for p in range(partitions)]
+    """Class by class, each class's partitions in turn; then the tenant streams ``fair`` has seen."""
+    streams = [keys.request_stream(model, tc, p) for tc in classes for p in range(partitions)]
+    return streams + ([s for p in range(partitions) for s in fair.known_streams(p)] if fair else [])
 
 
-async def ensure_groups(redis: Redis, model: str, partitions: int = 1) -> None:
+async def ensure_groups(
+    redis: Redis, model: str, partitions: int = 1, fair: FairIntake | None = None
+) -> None:
     """Create the worker group on each request stream (and the stream) if missing."""
-    for stream in request_streams(model, partitions=partitions):
+    for stream in request_streams(model, partitions=partitions, fair=fair):
         try:
             await redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
@@ -54,9 +52,16 @@ def _messages(
     stream: str, entries: list[tuple[str, dict[str, str] | None]], reclaimed: bool
 ) -> list[IntakeMessage]:
     return [
-        IntakeMessage(HeldMessage(stream, msg_id), (fields or {}).get(DATA_FIELD), reclaimed)
+        IntakeMessage(
+            HeldMessage(stream, msg_id), (fields or {}).get(DATA_FIELD), reclaimed, cost=_cost(fields)
+        )
         for msg_id, fields in entries
     ]
+
+
+def _cost(fields: dict[str, str] | None) -> float | None:
+    cost = (fields or {}).get(COST_FIELD)
+    return None if cost is None else float(cost)
 
 
 async def read_new(
@@ -68,6 +73,7 @@ async def read_new(
     classes: tuple[TrafficClass, ...] = CLASS_ORDER,
     partitions: int = 1,
     blocking: BlockingReads | None = None,
+    fair: FairIntake | None = None,
 ) -> list[IntakeMessage]:
     """Up to ``count`` new messages of ``classes``, higher classes first.
 
@@ -84,6 +90,9 @@ async def read_new(
         for p in order:
             if len(taken) >= count:
                 return taken
+            if fair is not None and tc in keys.FAIR_CLASSES:
+                taken.extend(await fair.read(tc, p, count - len(taken)))
+                continue
             stream = keys.request_stream(model, tc, p)
             reply: Any = await redis.xreadgroup(
                 keys.WORKER_GROUP, consumer, {stream: ">"}, count=count - len(taken)
@@ -96,8 +105,10 @@ async def read_new(
         if partitions > 1:
             raise ValueError("a blocking read of several partitions needs BlockingReads")
         blocking = BlockingReads()
-    groups = [[keys.request_stream(model, tc, p) for tc in classes] for p in order]
-    return await blocking.wait(redis, consumer, groups, block_ms)
+    groups = [[keys.request_stream(model, tc, p) for tc in classes]
+              + (fair.known_streams(p) if fair is not None else []) for p in order]
+    woken = await blocking.wait(redis, consumer, groups, block_ms)
+    return woken if fair is None else await fair.charge(woken)
 
 
 class BlockingReads:
@@ -144,11 +155,12 @@ async def _block(redis: Redis, consumer: str, streams: list[str], block_ms: int)
 
 
 async def reclaim(
-    redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int, partitions: int = 1
+    redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int, partitions: int = 1,
+    fair: FairIntake | None = None,
 ) -> list[IntakeMessage]:
     """Take over up to ``count`` messages idle longer than ``min_idle_ms`` (their worker is gone)."""
     taken: list[IntakeMessage] = []
-    for stream in request_streams(model, partitions=partitions):
+    for stream in request_streams(model, partitions=partitions, fair=fair):
         if len(taken) >= count:
             break
         reply: Any = await redis.xautoclaim(
@@ -166,15 +178,17 @@ async def reclaim(
         deliveries = await _num_deliveries(redis, stream, [msg_id for msg_id, _ in claimed])
         taken.extend(
             IntakeMessage(
-                HeldMessage(stream, msg_id), (fields or {}).get(DATA_FIELD), True, deliveries[msg_id]
+                HeldMessage(stream, msg_id), (fields or {}).get(DATA_FIELD), True, deliveries[msg_id],
+                _cost(fields),
             )
             for msg_id, fields in claimed
         )
-    return taken
+    return taken if fair is None else [fair.with_charge(m) for m in taken]
 
 
 async def claim_dead(
-    redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int, partitions: int = 1
+    redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int, partitions: int = 1,
+    fair: FairIntake | None = None,
 ) -> list[IntakeMessage]:
     """Take over up to ``count`` messages held by workers whose heartbeat key is gone (dead ones).
 
@@ -183,7 +197,7 @@ async def claim_dead(
     it no longer idle. Dead consumers left with nothing pending are removed from the group.
     """
     taken: list[IntakeMessage] = []
-    for stream in request_streams(model, partitions=partitions):
+    for stream in request_streams(model, partitions=partitions, fair=fair):
         consumers: Any = await redis.xinfo_consumers(stream, keys.WORKER_GROUP)
         others = [c for c in consumers if c["name"] != consumer]
         if not others:
@@ -211,8 +225,9 @@ async def claim_dead(
                 if entry is not None:  # None: deleted from the stream meanwhile
                     msg_id, fields = entry
                     data = (fields or {}).get(DATA_FIELD)
-                    taken.append(IntakeMessage(HeldMessage(stream, msg_id), data, True, deliveries[msg_id]))
-    return taken
+                    taken.append(IntakeMessage(HeldMessage(stream, msg_id), data, True, deliveries[msg_id],
+                                               _cost(fields)))
+    return taken if fair is None else [fair.with_charge(m) for m in taken]
 
 
 async def _num_deliveries(redis: Redis, stream: str, msg_ids: list[str]) -> dict[str, int]:
@@ -250,21 +265,22 @@ class Intake:
     def __init__(self, redis: Redis, model: str, consumer: str, partitions: int) -> None:
         self._redis, self._model, self._consumer, self._partitions = redis, model, consumer, partitions
         self._blocking = BlockingReads()
+        self.fair = FairIntake(redis, model, consumer)
 
     async def ensure_groups(self) -> None:
-        await ensure_groups(self._redis, self._model, self._partitions)
+        await ensure_groups(self._redis, self._model, self._partitions, self.fair)
 
     async def read_new(
         self, count: int, block_ms: int | None, classes: tuple[TrafficClass, ...] = CLASS_ORDER
     ) -> list[IntakeMessage]:
         r, m, c, p = self._redis, self._model, self._consumer, self._partitions
-        return await read_new(r, m, c, count, block_ms, classes, p, self._blocking)
+        return await read_new(r, m, c, count, block_ms, classes, p, self._blocking, self.fair)
 
     async def take_over(self, count: int, dead_idle_ms: int, orphan_idle_ms: int) -> list[IntakeMessage]:
         """Dead workers' messages first, else any message left idle whoever holds it."""
-        r, m, c, p = self._redis, self._model, self._consumer, self._partitions
-        dead = await claim_dead(r, m, c, count, dead_idle_ms, p)
-        return dead or await reclaim(r, m, c, count, orphan_idle_ms, p)
+        r, m, c, p, f = self._redis, self._model, self._consumer, self._partitions, self.fair
+        dead = await claim_dead(r, m, c, count, dead_idle_ms, p, f)
+        return dead or await reclaim(r, m, c, count, orphan_idle_ms, p, f)
 
     def close(self) -> None:
         self._blocking.cancel()

@@ -7,7 +7,11 @@ token. Series carry ``model_name`` (one engine serves one model; the scheduler's
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from worker.engine.outputs import EngineStats
 
@@ -32,6 +36,12 @@ class WorkerMetrics:
         ).labels(model_name)
         self.waiting = Gauge(
             "busstop:num_requests_waiting", "Sequences admitted but waiting to run.", label, registry=registry
+        ).labels(model_name)
+        self.held_back = Gauge(
+            "busstop:num_requests_held_back",
+            "Lower-class sequences the last step left out to keep a latency target (step shaping).",
+            label,
+            registry=registry,
         ).labels(model_name)
         self.pages_used = Gauge(
             "busstop:kv_cache_pages_used", "KV cache pages in use.", label, registry=registry
@@ -68,6 +78,7 @@ class WorkerMetrics:
             buckets=STEP_TIME_BUCKETS_S,
             registry=registry,
         ).labels(model_name)
+        self._model_name, self._registry = model_name, registry
         self._last_counts = (0, 0, 0)  # preemptions, prefix queries, prefix hits seen so far
 
     def observe_step(self, stats: EngineStats) -> None:
@@ -82,6 +93,7 @@ class WorkerMetrics:
         used = stats.num_total_pages - stats.num_free_pages
         self.running.set(stats.num_running)
         self.waiting.set(stats.num_waiting)
+        self.held_back.set(stats.num_held_back)
         self.pages_used.set(used)
         self.pages_total.set(stats.num_total_pages)
         self.kv_usage.set(used / stats.num_total_pages if stats.num_total_pages else 0.0)
@@ -92,6 +104,26 @@ class WorkerMetrics:
             if now > before:
                 counter.inc(now - before)
         self._last_counts = counts
+
+
+    def watch_shares(self, counters: Mapping[tuple[str, str], float]) -> None:
+        """Export the tenants' virtual counters ((traffic class, tenant) -> value) at every scrape."""
+        self._registry.register(_TenantShares(self._model_name, counters))
+
+
+class _TenantShares(Collector):
+    def __init__(self, model_name: str, counters: Mapping[tuple[str, str], float]) -> None:
+        self._model_name, self._counters = model_name, counters
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "busstop:tenant_virtual_tokens",
+            "An internal tenant's virtual token counter (tokens served / weight), as last read here.",
+            labels=["model_name", "traffic_class", "tenant"],
+        )
+        for (traffic_class, tenant), value in list(self._counters.items()):
+            family.add_metric([self._model_name, traffic_class, tenant], value)
+        yield family
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0") -> None:

@@ -31,6 +31,8 @@ class ReplyBatch:
     events: list[tuple[str, ReplyEvent]] = field(default_factory=list)  # (req_id, event)
     finals: list[tuple[str | None, HeldMessage]] = field(default_factory=list)  # replies complete: ack these
     poisoned: list[tuple[str, str]] = field(default_factory=list)  # (req_id, why): never run again
+    # (req_id, counters hash, tenant, amount): a finished internal request's share, settled with its ack
+    settlements: list[tuple[str, str, str, float]] = field(default_factory=list)
 
     def poison(self, req_id: str, why: str) -> None:
         """Mark ``req_id`` poison in Redis, so no worker that reclaims it runs it again."""
@@ -42,6 +44,10 @@ class ReplyBatch:
     def finish(self, req_id: str | None, message: HeldMessage) -> None:
         """Ack ``message`` once the events before are written; ``None`` for a message without a reply."""
         self.finals.append((req_id, message))
+
+    def settle(self, req_id: str, counters: str, tenant: str, amount: float) -> None:
+        """Add ``amount`` to the tenant's virtual counter once ``req_id``'s reply is written."""
+        self.settlements.append((req_id, counters, tenant, amount))
 
     def __bool__(self) -> bool:
         return bool(self.events or self.finals)
@@ -77,10 +83,13 @@ class ReplyBatch:
         written = results[len(self.poisoned):]
         fenced = {req_id for req_id, ok in zip(by_request, written, strict=True) if not ok}
         acks = [message for req_id, message in self.finals if req_id not in fenced]
-        if acks:
+        settled = [s for s in self.settlements if s[0] not in fenced and s[3]]
+        if acks or settled:
             pipe = redis.pipeline(transaction=False)
             for message in acks:
                 pipe.xack(message.stream, keys.WORKER_GROUP, message.msg_id)
                 pipe.xdel(message.stream, message.msg_id)
+            for _, counters, tenant, amount in settled:
+                pipe.hincrbyfloat(counters, tenant, amount)
             await pipe.execute()
         return fenced

@@ -86,6 +86,8 @@ class WorkerService:
         self._readers = ReaderWatch(redis, self._cancel)
         partitions = keys.request_partitions(settings.redis_cluster)
         self._intake = intake.Intake(redis, model_name, self.worker_id, partitions)
+        if metrics is not None:
+            metrics.watch_shares(self._intake.fair.counters)
         self._beat = HeartbeatThread(
             settings.redis_url,
             keys.worker_key(model_name, self.worker_id),
@@ -173,8 +175,8 @@ class WorkerService:
 
     def _num_admissible(self) -> int:
         capacity, stats = self._engine_loop.capacity, self._engine_loop.stats
-        if stats.num_waiting > 0:
-            return 0  # the engine already has a queue: leave new work to other workers
+        if stats.num_waiting > 0 or stats.num_held_back > 0:
+            return 0  # a queue, or lower classes held back for an SLO: leave new work to other workers
         # Each request needs at least one page; the engine queues those that do not fit at once.
         free = min(capacity.num_free_seqs, capacity.num_free_pages) - self._num_submitted
         return max(0, min(free, self.settings.max_intake_batch))
@@ -252,7 +254,7 @@ class WorkerService:
             if item is None:
                 continue
             request, resume = item
-            self._tracker.start(request, message.message, resume)
+            self._tracker.start(request, message.message, resume, message.charge)
             self._num_submitted += 1
             self._engine_loop.submit(AddCommand(request, tuple(resume.output_token_ids)))
 
@@ -368,8 +370,7 @@ class WorkerService:
         )
 
     async def _heartbeat_loop(self) -> None:
-        """The loop's side of the heartbeat: proves the loop alive to the beat thread, refreshes the
-        held messages' idle time and checks that someone still reads each request."""
+        """Proves the loop alive to the beat thread, refreshes held messages, checks requests' readers."""
         failures = 0
         while not self._closing.is_set():
             await asyncio.sleep(FOREVER.delay_s(failures) if failures else self.settings.heartbeat_interval_s)

@@ -14,6 +14,7 @@ from shared.messages import ErrorInfo, ReplyEvent, ReplyKind, TokenLogprob, TopL
 from shared.telemetry.tracing import get_tracer
 from worker.engine.outputs import RequestOutput, TokenLogprobs
 from worker.service.engine_loop import EngineReport
+from worker.service.intake_message import Charge
 from worker.service.prepare import PreparedRequest
 from worker.service.replies import HeldMessage, ReplyBatch
 from worker.service.resume import ResumeState
@@ -39,6 +40,15 @@ class ActiveRequest:
     is_cancelled: bool = False
     gateway_id: str | None = None  # the gateway reading the reply (``worker.service.readers``)
     unsent_text: str = ""  # a resumed request's text that its first worker did not send: goes out next
+    charge: Charge | None = None  # what its tenant's share paid for it (internal classes)
+
+    def settle(self, batch: ReplyBatch, num_tokens: int | None = None) -> None:
+        """Settle the tenant's charge against the tokens the request took (``num_tokens``, by default
+        its prompt and outputs), with its final write."""
+        if self.charge is not None:
+            served = self.num_prompt_tokens + self.num_output_tokens if num_tokens is None else num_tokens
+            c = self.charge
+            batch.settle(self.req_id, c.counters, c.tenant, c.settlement(served))
 
     def event(self, kind: ReplyKind, **fields: Any) -> ReplyEvent:
         event = ReplyEvent(seq=self.next_seq, kind=kind, **fields)
@@ -79,7 +89,8 @@ class RequestTracker:
     def held_messages(self) -> list[HeldMessage]:
         return [req.message for req in self.active.values()]
 
-    def start(self, prepared: PreparedRequest, message: HeldMessage, resume: ResumeState) -> ActiveRequest:
+    def start(self, prepared: PreparedRequest, message: HeldMessage, resume: ResumeState,
+              charge: Charge | None = None) -> ActiveRequest:
         """Track a request about to be handed to the engine; a resumed one continues ``resume``."""
         detokenizer = IncrementalDetokenizer(self._tokenizer, prepared.prompt_token_ids, list(prepared.stop))
         unsent = detokenizer.resume(resume.output_token_ids, resume.text) if resume.output_token_ids else ""
@@ -94,6 +105,7 @@ class RequestTracker:
             priority=prepared.priority,
             unsent_text=unsent,
             gateway_id=prepared.gateway_id,
+            charge=charge,
             trace=WorkerRequestTrace(
                 self._tracer, prepared.traceparent, prepared.req_id, prepared.traffic_class, self.worker_id
             ),
@@ -124,6 +136,7 @@ class RequestTracker:
                 req.trace.finish(None, error=why)
                 batch.add(req_id, error_event(req.next_seq, ErrorInfo(status=400, message=why)))
                 batch.finish(req_id, req.message)
+                req.settle(batch, num_tokens=0)  # it never ran: its tenant pays nothing
         for out in report.outputs:
             req = self.active.get(out.req_id)
             if req is None:
@@ -151,6 +164,7 @@ class RequestTracker:
         batch.poison(req.req_id, why)
         batch.add(req.req_id, req.event(ReplyKind.ERROR, error=step_failed(why)))
         batch.finish(req.req_id, req.message)
+        req.settle(batch)
         del self.active[req.req_id]
         req.trace.finish(None, req.num_output_tokens, error=why)
 
@@ -187,6 +201,7 @@ class RequestTracker:
         )
         batch.add(req.req_id, req.event(ReplyKind.DONE, finish_reason=finish_reason, usage=usage))
         batch.finish(req.req_id, req.message)
+        req.settle(batch)
         del self.active[req.req_id]
         req.trace.finish(finish_reason, req.num_output_tokens)
         log.info(
