@@ -4,8 +4,9 @@ each is admitted in proportion to its weight, whichever worker takes the request
 from __future__ import annotations
 
 import secrets
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -16,10 +17,18 @@ from busstop.stack import LocalStack
 from gateway.core.auth import KeyClass, KeyEntry, KeysFile, hash_key
 from shared import keys
 from shared.messages import ReplyEvent, ReplyKind
-from tests.stack import MODEL, running_stack
+from tests.stack import MODEL, heartbeats, running_stack
 
 SLOTS_PER_WORKER = 4
 NUM_PER_TENANT = 24
+BLOCKER_TOKENS = 256  # long enough to hold every slot while the floods queue up
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +54,7 @@ def ask(stack: LocalStack, api_key: str, max_tokens: int) -> ChatCompletion:
     )  # fmt: skip
 
 
-def req_id(done: ChatCompletion) -> str:
+def req_id_of(done: ChatCompletion) -> str:
     return done.id.split("-", 1)[1]
 
 
@@ -56,10 +65,15 @@ def test_contending_tenants_are_admitted_by_weight_across_two_workers(
     store = stack.redis.client()
     with ThreadPoolExecutor(max_workers=2 * NUM_PER_TENANT + 2 * SLOTS_PER_WORKER) as pool:
         # Fill every slot of both workers first, so the two floods queue up behind them and contend.
-        blockers = [pool.submit(ask, stack, api_keys["evals"], 48) for _ in range(2 * SLOTS_PER_WORKER)]
+        evals = api_keys["evals"]
+        blockers = [pool.submit(ask, stack, evals, BLOCKER_TOKENS) for _ in range(2 * SLOTS_PER_WORKER)]
+        wait_until(lambda: sum(b.num_running for b in heartbeats(store)) == 2 * SLOTS_PER_WORKER)
         order = ["distill", "curation"] * NUM_PER_TENANT
         floods = [pool.submit(ask, stack, api_keys[t], 8) for t in order]
-        req_ids = {req_id(f.result(timeout=300)): t for f, t in zip(floods, order, strict=True)}
+        wait_until(lambda: all(store.xlen(keys.request_stream(MODEL, "batch", 0, t)) == NUM_PER_TENANT
+                               for t in ("distill", "curation")))  # fmt: skip
+        assert sum(b.num_running for b in heartbeats(store)) == 2 * SLOTS_PER_WORKER  # still blocked
+        req_ids = {req_id_of(f.result(timeout=300)): t for f, t in zip(floods, order, strict=True)}
         assert all(b.result(timeout=300) for b in blockers)
     admitted: list[tuple[str, str, str]] = []  # (admission time as a stream id, tenant, worker)
     for req_id, tenant in req_ids.items():

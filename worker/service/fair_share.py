@@ -43,9 +43,15 @@ class FairIntake:
         self._streams: dict[str, TenantStream] = {}  # every tenant stream seen, by name
         self.counters: dict[tuple[str, str], float] = {}  # (class, tenant) -> virtual tokens
 
-    def known_streams(self, partition: int) -> list[str]:
-        """The tenant streams of ``partition`` seen so far (blocking reads and reclaims cover them)."""
-        return [name for name, s in self._streams.items() if s.partition == partition and s.tenant]
+    def known_streams(
+        self, partition: int, classes: tuple[TrafficClass, ...] = keys.FAIR_CLASSES
+    ) -> list[str]:
+        """The tenant streams of ``partition`` and ``classes`` seen so far (blocking reads and reclaims
+        cover them)."""
+        return [
+            name for name, s in self._streams.items()
+            if s.partition == partition and s.tenant and s.traffic_class in classes
+        ]
 
     async def tenants(self, traffic_class: TrafficClass, partition: int) -> list[TenantStream]:
         """The class's tenants that gateways registered, the class's own stream first."""

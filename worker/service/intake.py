@@ -106,7 +106,7 @@ async def read_new(
             raise ValueError("a blocking read of several partitions needs BlockingReads")
         blocking = BlockingReads()
     groups = [[keys.request_stream(model, tc, p) for tc in classes]
-              + (fair.known_streams(p) if fair is not None else []) for p in order]
+              + (fair.known_streams(p, classes) if fair is not None else []) for p in order]
     woken = await blocking.wait(redis, consumer, groups, block_ms)
     return woken if fair is None else await fair.charge(woken)
 

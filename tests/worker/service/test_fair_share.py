@@ -139,3 +139,17 @@ async def test_a_tenant_back_from_idle_is_next_even_when_it_ties_with_the_busy_m
     await put(redis, "z-sparse", 1)  # sorts after the flood, ties with it once lifted
     [message] = await fair.read(BATCH, 0, 1)
     assert tenant_of(message) == "z-sparse"
+
+
+async def test_a_blocking_read_of_higher_classes_leaves_lower_tenant_streams_alone(redis: Redis) -> None:
+    """A full worker reads only classes above its work: batch tenants' requests must stay queued."""
+    fair = FairIntake(redis, MODEL, "w1")
+    await put(redis, "evals", 2)
+    await fair.read(BATCH, 0, 1)  # the worker knows the evals stream now
+    higher = (TrafficClass.INTERACTIVE, TrafficClass.PRIORITY)
+    blocking = intake.BlockingReads()
+    taken = await intake.read_new(redis, MODEL, "w1", 4, 200, higher, blocking=blocking, fair=fair)
+    assert taken == []
+    assert await redis.xlen(keys.request_stream(MODEL, BATCH, 0, "evals")) == 2
+    [left] = await fair.read(BATCH, 0, 1)
+    assert tenant_of(left) == "evals"
