@@ -17,7 +17,6 @@ from redis.exceptions import ResponseError
 
 from shared import keys
 from shared.messages import (
-    CLASS_RANK,
     ReplyEvent,
     ReplyKind,
     TrafficClass,
@@ -26,6 +25,7 @@ from shared.messages import (
 )
 from shared.retry import FOREVER, REDIS_ERRORS, RetryPolicy
 from worker.service import intake
+from worker.service.admission import plan_intake
 from worker.service.beat import HeartbeatThread
 from worker.service.control import read_cancels
 from worker.service.engine_loop import AbortCommand, AddCommand, EngineLoop, EngineReport, ServedEngine
@@ -173,30 +173,10 @@ class WorkerService:
 
     # --- intake -------------------------------------------------------------------------------------
 
-    def _num_admissible(self) -> int:
-        capacity, stats = self._engine_loop.capacity, self._engine_loop.stats
-        if stats.num_waiting > 0 or stats.num_held_back > 0:
-            return 0  # a queue, or lower classes held back for an SLO: leave new work to other workers
-        # Each request needs at least one page; the engine queues those that do not fit at once.
-        free = min(capacity.num_free_seqs, capacity.num_free_pages) - self._num_submitted
-        return max(0, min(free, self.settings.max_intake_batch))
-
-    def _num_preempting(self) -> tuple[int, tuple[TrafficClass, ...]]:
-        """How many requests of which higher classes to take although the engine is full.
-
-        The engine makes room for a higher class by preempting lower-class sequences, so while this
-        worker holds lower-class work an interactive request should board here rather than wait in
-        Redis for a worker with free slots. At most one higher-class request per lower-class one.
-        """
-        active = self._tracker.active.values()
-        lowest = max((r.priority for r in active), default=0)
-        classes = tuple(tc for tc in intake.CLASS_ORDER if CLASS_RANK[tc] < lowest)
-        if not classes:
-            return 0, ()
-        num_lower = sum(1 for r in active if r.priority == lowest)
-        num_higher = sum(1 for r in active if r.priority < lowest)
-        count = min(num_lower - num_higher, self.settings.max_intake_batch) - self._num_submitted
-        return max(0, count), classes
+    def _plan_intake(self) -> tuple[int, tuple[TrafficClass, ...]]:
+        priorities = [r.priority for r in self._tracker.active.values()]
+        loop, max_batch = self._engine_loop, self.settings.max_intake_batch
+        return plan_intake(loop.capacity, loop.stats, priorities, self._num_submitted, max_batch)
 
     async def _intake_loop(self) -> None:
         attempt = 0
@@ -217,9 +197,18 @@ class WorkerService:
                 attempt += 1
 
     async def _intake_once(self) -> None:
-        count = self._num_admissible()
-        if count == 0:
-            await self._intake_preempting()
+        count, classes = self._plan_intake()
+        if count == 0:  # no room: wait for some
+            self._capacity_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._capacity_changed.wait(), self.settings.heartbeat_interval_s)
+            return
+        if classes != intake.CLASS_ORDER:
+            # Only the classes above the work held: a short block, so that when lower classes may run
+            # again they are read within PREEMPTING_BLOCK_MS.
+            higher = await self._intake.read_new(count, PREEMPTING_BLOCK_MS, classes)
+            if higher:
+                await self._take(higher)
             return
         messages: list[intake.IntakeMessage] = []
         if time.monotonic() >= self._next_reclaim:
@@ -230,19 +219,6 @@ class WorkerService:
         if not messages:
             block_ms = min(self.settings.intake_block_ms, int(self.settings.heartbeat_interval_s * 1000))
             messages = await self._intake.read_new(count, block_ms)
-        if messages:
-            await self._take(messages)
-
-    async def _intake_preempting(self) -> None:
-        """The engine is full: take only requests that outrank work it holds, else wait for room."""
-        count, classes = self._num_preempting()
-        if count == 0:
-            self._capacity_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._capacity_changed.wait(), self.settings.heartbeat_interval_s)
-            return
-        # A short block: when room frees up, lower classes are read again within PREEMPTING_BLOCK_MS.
-        messages = await self._intake.read_new(count, PREEMPTING_BLOCK_MS, classes)
         if messages:
             await self._take(messages)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -22,12 +21,9 @@ BATCH = TrafficClass.BATCH
 COST = 4 + 60  # 16 bytes of prompt (4 tokens) and max_tokens 60
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
-    await intake.ensure_groups(client, MODEL)
-    yield client
-    await client.aclose()
+@pytest.fixture(autouse=True)
+async def groups(redis: Redis) -> None:
+    await intake.ensure_groups(redis, MODEL)
 
 
 async def put(redis: Redis, tenant: str, num: int, weight: float = 1.0, tc: TrafficClass = BATCH) -> None:
