@@ -7,8 +7,8 @@ workers that can. Three cases:
 2. room, but the engine holds lower-class sequences back to keep a higher class's latency target
    (step shaping): up to the room, only classes above the lowest work it holds. More batch work would
    only wait here;
-3. no room (or a queue): only classes above the lowest work it holds, at most one per lower-class
-   request, since the engine makes room for them by preempting that work.
+3. no room (or a queue): only classes above the lowest work it holds, as many as there are
+   lower-class requests for them to preempt (less those already waiting for one).
 """
 
 from __future__ import annotations
@@ -41,5 +41,4 @@ def plan_intake(
     if has_room:  # lower classes held back
         return min(room, max_batch), classes
     num_lower = sum(1 for p in priorities if p == lowest)
-    num_higher = sum(1 for p in priorities if p < lowest)
-    return max(0, min(num_lower - num_higher, max_batch) - num_submitted), classes
+    return max(0, min(num_lower - stats.num_waiting, max_batch) - num_submitted), classes

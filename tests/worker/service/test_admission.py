@@ -23,11 +23,14 @@ def test_held_back_batch_reads_only_higher_classes_but_up_to_the_room() -> None:
     assert plan_intake(ROOM, held, active, 0, 32) == (20, ABOVE_BATCH)
 
 
-def test_a_full_engine_takes_at_most_one_higher_request_per_lower_one() -> None:
+def test_a_full_engine_takes_as_many_higher_requests_as_it_has_lower_ones_to_preempt() -> None:
     full = Capacity(num_free_seqs=0, num_free_pages=0, page_size=16)
-    assert plan_intake(full, EngineStats(), [BATCH] * 6 + [INTERACTIVE] * 2, 1, 32) == (3, ABOVE_BATCH)
-    queued = EngineStats(num_waiting=1)
-    assert plan_intake(ROOM, queued, [BATCH] * 2 + [INTERACTIVE] * 5, 0, 32) == (0, ABOVE_BATCH)
+    # Interactive requests already running do not count: each new one preempts a batch sequence.
+    assert plan_intake(full, EngineStats(), [BATCH] * 6 + [INTERACTIVE] * 20, 1, 32) == (5, ABOVE_BATCH)
+    # Those already waiting in the engine will take a batch sequence's place first.
+    queued = EngineStats(num_waiting=2)
+    assert plan_intake(ROOM, queued, [BATCH] * 3 + [INTERACTIVE] * 5, 0, 32) == (1, ABOVE_BATCH)
+    assert plan_intake(full, EngineStats(num_waiting=3), [BATCH] * 3, 0, 32) == (0, ABOVE_BATCH)
 
 
 def test_an_engine_with_only_interactive_work_and_a_queue_reads_nothing() -> None:
