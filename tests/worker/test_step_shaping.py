@@ -134,3 +134,38 @@ def test_a_waiting_batch_request_is_not_admitted_while_the_step_has_no_room() ->
     out = sched.schedule()
     assert "late-batch" not in plan(out)
     assert [s.req_id for s in sched.waiting] == ["late-batch"]
+
+
+def test_after_interactive_work_batch_prompt_chunks_keep_to_a_bus_stop_and_decodes_all_run() -> None:
+    """An interactive request that arrives next waits one short step, not a 2048-token prefill."""
+    sched, clock = make()
+    running(sched, "b", 1, BATCH)
+    sched.add(seq("chat", 40, priority=INTERACTIVE))
+    out = sched.schedule()  # the chat prompt's step: its deadline is 1.4 x (30 + 40 + 1) ms
+    assert plan(out)["chat"] == 40
+    advance(sched, out)
+    sched.remove(next(s for s in sched.running if s.req_id == "chat"))
+    clock.now += 10  # the chat user went quiet
+    decodes = running(sched, "d", 10, BATCH)
+    sched.add(seq("long-prompt", 1000, priority=BATCH))
+    scheduled = plan(sched.schedule())
+    assert all(scheduled[n] == 1 for n in ["b0", *decodes])  # every decode runs
+    deadline = 1.4 * COST.seconds(40, 1)  # the chat prompt's step
+    assert abs(scheduled["long-prompt"] - COST.max_tokens_within(deadline, 11, 12)) <= 1  # 57 tokens
+    assert sched.num_held_back == 0
+
+
+def test_a_bus_stop_lets_prefill_progress_beside_a_step_of_decodes_longer_than_the_deadline() -> None:
+    sched, clock = make()
+    sched.add(seq("chat", 40, priority=INTERACTIVE))
+    sched.add(seq("b-first", 2, priority=BATCH))
+    advance(sched, sched.schedule())
+    sched.remove(next(s for s in sched.running if s.req_id == "chat"))
+    clock.now += 10
+    running(sched, "d", 100, BATCH)
+    sched.add(seq("long-prompt", 1000, priority=BATCH))
+    scheduled = plan(sched.schedule())
+    assert len(scheduled) == 102  # every decode and the prompt
+    # 101 decodes cost 131 ms: the prompt may add 40% of that.
+    expected = COST.max_tokens_within(1.4 * COST.seconds(101, 101), 101, 102)  # 52 tokens
+    assert abs(scheduled["long-prompt"] - expected) <= 1

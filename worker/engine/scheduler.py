@@ -97,8 +97,8 @@ class Scheduler:
         self.running.sort(key=lambda s: (s.priority, s.arrival_time))
         key = self._waiting_key(self.clock())
         slo = self.shaper.budget([*self.running, *self.waiting]) if self.shaper is not None else None
-        if slo is None:
-            self._fill(step, key, lambda s: True)
+        if slo is None or not slo.caps_decodes:
+            self._fill(step, key, lambda s: True, slo)
         else:  # the protected classes first, then lower classes within the step's deadline
             rank = slo.protected_rank
             self._fill(step, key, lambda s: s.priority <= rank)
@@ -213,7 +213,13 @@ class _Step:
     def limit(self, seq: Sequence, slo: StepBudget | None) -> int:
         """How many of seq's uncomputed tokens this step may take: the token budget, and the SLO's."""
         wanted = min(seq.num_uncomputed_tokens, self.budget)
-        return wanted if slo is None else slo.num_lower_tokens(self.num_tokens, len(self.scheduled), wanted)
+        if slo is None:
+            return wanted
+        if not slo.caps_decodes:  # a bus stop: decodes all run, prompt chunks are bounded
+            if seq.status is SequenceStatus.RUNNING and seq.num_uncomputed_tokens == 1:
+                return wanted
+            slo.open_bus_stop(self.num_tokens, len(self.scheduled))
+        return slo.num_lower_tokens(self.num_tokens, len(self.scheduled), wanted)
 
     def _schedule(self, seq: Sequence, num_tokens: int) -> None:
         self.bm.allocate(seq, seq.num_computed_tokens + num_tokens)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from worker.engine.sequence import Sequence
 from worker.engine.step_cost import StepCost, StepCostModel
@@ -61,10 +61,12 @@ class StepBudget:
     targets: SloTargets
     fallback_s: float | None  # the last deadline, for a step with no protected work (quiet period)
     deadline_s: float | None = None
-    num_held_back: int = field(default=0)  # lower-class sequences left out of this step
+    caps_decodes: bool = True  # False: only prompt chunks are held to the deadline (a bus stop)
+    has_prompt: bool = False  # the protected work carried a prompt chunk
 
     def close_protected(self, num_tokens: int, num_seqs: int, has_prompt: bool) -> float:
         """The protected work is scheduled: fix the step's deadline from it."""
+        self.has_prompt = has_prompt
         rank, t = self.protected_rank, self.targets
         explicit = (t.ttft_s if has_prompt else t.tpot_s)[rank]
         if explicit > 0:
@@ -74,6 +76,14 @@ class StepBudget:
         else:
             self.deadline_s = self.fallback_s or t.slowdown * self.cost.seconds(1, 1)
         return self.deadline_s
+
+    def open_bus_stop(self, num_tokens: int, num_seqs: int) -> None:
+        """Every decode is in (a step without protected work): prompt chunks may take the step to the
+        class's last TTFT-bound deadline, or to ``slowdown`` times the decodes alone if that is longer
+        (so prefill always progresses)."""
+        if self.deadline_s is None:
+            decodes = self.targets.slowdown * self.cost.seconds(num_tokens, num_seqs)
+            self.deadline_s = max(self.fallback_s or 0.0, decodes)
 
     def num_lower_tokens(self, num_tokens: int, num_seqs: int, wanted: int) -> int:
         """Of ``wanted`` tokens of one more lower-class sequence, how many fit the deadline."""
@@ -91,9 +101,14 @@ class StepShaper:
         self.clock = clock
         self._last_seen: dict[int, float] = {}  # protected rank -> when it last had work
         self._last_deadline: dict[int, float] = {}
+        self._last_prompt_deadline: dict[int, float] = {}  # of steps that carried its prompt chunks
 
     def budget(self, seqs: Iterable[Sequence]) -> StepBudget | None:
-        """The shaping of the next step over ``seqs`` (running and waiting); None: no cap."""
+        """The shaping of the next step over ``seqs`` (running and waiting); None: no cap.
+
+        With no protected work, once a latency-bound class has been served, prompt chunks are still
+        kept within its last TTFT-bound deadline (decodes all run): a request of that class that
+        arrives meanwhile waits one such step, not a whole budget of prefill (seconds on a CPU)."""
         num_ranks = self.targets.num_protected_ranks
         if num_ranks == 0:
             return None
@@ -109,13 +124,25 @@ class StepShaper:
                 self._last_seen[rank] = now
         recent = [r for r, at in self._last_seen.items() if now - at <= self.targets.quiet_s]
         protected = min(recent, default=None)
-        if protected is None or max(ranks) <= protected:
-            return None  # nothing to protect, or nothing below it to hold back
+        if protected is None:
+            return self._bus_stop(cost)
+        if max(ranks) <= protected:
+            return None  # nothing below it to hold back
         return StepBudget(protected, cost, self.targets, self._last_deadline.get(protected))
 
+    def _bus_stop(self, cost: StepCost) -> StepBudget | None:
+        served = [r for r in self._last_prompt_deadline if r < self.targets.num_protected_ranks]
+        if not served:
+            return None
+        rank = min(served)
+        deadline = self._last_prompt_deadline[rank]
+        return StepBudget(rank, cost, self.targets, deadline, caps_decodes=False)
+
     def finish(self, budget: StepBudget) -> None:
-        if budget.deadline_s is not None:
+        if budget.deadline_s is not None and budget.caps_decodes:
             self._last_deadline[budget.protected_rank] = budget.deadline_s
+            if budget.has_prompt:
+                self._last_prompt_deadline[budget.protected_rank] = budget.deadline_s
 
     def observe(self, num_tokens: int, num_seqs: int, seconds: float) -> None:
         self.cost_model.observe(num_tokens, num_seqs, seconds)
