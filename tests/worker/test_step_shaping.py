@@ -169,3 +169,13 @@ def test_a_bus_stop_lets_prefill_progress_beside_a_step_of_decodes_longer_than_t
     # 101 decodes cost 131 ms: the prompt may add 40% of that.
     expected = COST.max_tokens_within(1.4 * COST.seconds(101, 101), 101, 102)  # 52 tokens
     assert abs(scheduled["long-prompt"] - expected) <= 1
+
+
+def test_a_bus_stop_follows_interactive_work_that_ran_alone() -> None:
+    sched, clock = make()
+    sched.add(seq("chat", 40, priority=INTERACTIVE))
+    advance(sched, sched.schedule())  # no batch work at all: its deadline is remembered all the same
+    sched.remove(next(s for s in sched.running if s.req_id == "chat"))
+    clock.now += 10
+    sched.add(seq("long-prompt", 1000, priority=BATCH))
+    assert plan(sched.schedule())["long-prompt"] < 100

@@ -126,8 +126,7 @@ class StepShaper:
         protected = min(recent, default=None)
         if protected is None:
             return self._bus_stop(cost)
-        if max(ranks) <= protected:
-            return None  # nothing below it to hold back
+        # Also with nothing below it: the step's deadline is remembered for the bus stops that follow.
         return StepBudget(protected, cost, self.targets, self._last_deadline.get(protected))
 
     def _bus_stop(self, cost: StepCost) -> StepBudget | None:
