@@ -102,8 +102,8 @@ class Scheduler:
         else:  # the protected classes first, then lower classes within the step's deadline
             rank = slo.protected_rank
             self._fill(step, key, lambda s: s.priority <= rank)
-            has_prompt = any(s.num_new_tokens > 1 for s in step.scheduled.values())
-            slo.close_protected(step.num_tokens, len(step.scheduled), has_prompt)
+            num_decodes = sum(1 for s in step.scheduled.values() if s.num_new_tokens == 1)
+            slo.close_protected(step.num_tokens, len(step.scheduled), num_decodes)
             self._fill(step, key, lambda s: s.priority > rank, slo)
             self.shaper.finish(slo)  # type: ignore[union-attr]
         self.num_held_back = len(step.held_back)

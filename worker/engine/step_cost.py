@@ -26,7 +26,7 @@ class StepCost:
     per_token_s: float
     per_seq_s: float
 
-    def seconds(self, num_tokens: int, num_seqs: int) -> float:
+    def seconds(self, num_tokens: float, num_seqs: float) -> float:
         return self.base_s + self.per_token_s * num_tokens + self.per_seq_s * num_seqs
 
     def max_tokens_within(self, seconds: float, num_tokens: int, num_seqs: int) -> int:
@@ -37,7 +37,7 @@ class StepCost:
             return 0
         if self.per_token_s <= 0:
             return 1 << 30
-        return int(room / self.per_token_s)
+        return int(room / self.per_token_s + 1e-6)  # not one token short of an exact fit
 
 
 class StepCostModel:

@@ -64,15 +64,24 @@ class StepBudget:
     caps_decodes: bool = True  # False: only prompt chunks are held to the deadline (a bus stop)
     has_prompt: bool = False  # the protected work carried a prompt chunk
 
-    def close_protected(self, num_tokens: int, num_seqs: int, has_prompt: bool) -> float:
-        """The protected work is scheduled: fix the step's deadline from it."""
-        self.has_prompt = has_prompt
+    def close_protected(self, num_tokens: int, num_seqs: int, num_decodes: int) -> float:
+        """The protected work is scheduled (``num_decodes`` of its sequences decode, the others carry
+        prompt chunks): fix the step's deadline from it.
+
+        The derived deadline is ``slowdown`` times the protected work *as it would be alone*. Requests
+        that arrive at their own pace (a chat user) stay in the engine as long as their tokens take,
+        so a class slowed down s times holds about s times the decoding sequences it would hold alone
+        (Little's law). Costing the work as it is now would let each slowdown raise the next deadline,
+        and the class's TPOT would drift far past ``slowdown``; its decodes count 1/s each instead.
+        """
+        self.has_prompt = num_decodes < num_seqs
         rank, t = self.protected_rank, self.targets
-        explicit = (t.ttft_s if has_prompt else t.tpot_s)[rank]
+        explicit = (t.ttft_s if self.has_prompt else t.tpot_s)[rank]
         if explicit > 0:
             self.deadline_s = explicit
         elif num_seqs > 0:
-            self.deadline_s = t.slowdown * self.cost.seconds(num_tokens, num_seqs)
+            alone = num_decodes / t.slowdown - num_decodes
+            self.deadline_s = t.slowdown * self.cost.seconds(num_tokens + alone, num_seqs + alone)
         else:
             self.deadline_s = self.fallback_s or t.slowdown * self.cost.seconds(1, 1)
         return self.deadline_s
