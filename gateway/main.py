@@ -47,7 +47,8 @@ def create_app(settings: GatewaySettings | None = None, admission: Admission | N
         s = settings or get_settings()
         setup_tracing("busstop-gateway")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
         # Blocking XREADs hold the socket for up to read_block_ms on purpose.
-        redis = connect(s.redis_url, s.redis_timeout_s, s.read_block_ms / 1000, s.redis_cluster)
+        redis = connect(s.redis_url, s.redis_timeout_s, s.read_block_ms / 1000, s.redis_cluster,
+                        max_connections=s.redis_max_connections)
         partitions = keys.request_partitions(s.redis_cluster)
         presence = GatewayPresence(s.redis_url, s.gateway_id, s.redis_timeout_s, cluster=s.redis_cluster)
         presence.start()

@@ -75,7 +75,10 @@ class _Cluster(RedisCluster):
         return await super()._determine_slot(command, *args)
 
 
-def connect(url: str, timeout_s: float, max_block_s: float = 0.0, cluster: bool = False) -> Redis:
+def connect(
+    url: str, timeout_s: float, max_block_s: float = 0.0, cluster: bool = False,
+    max_connections: int | None = None,
+) -> Redis:
     """An async client that gives up on a silent Redis after ``timeout_s`` (plus ``max_block_s``, the
     longest blocking read it makes). A plain client does not retry by itself (``RetryPolicy`` is the
     one policy); a cluster client keeps its own few retries, which follow a failover's new topology."""
@@ -84,6 +87,8 @@ def connect(url: str, timeout_s: float, max_block_s: float = 0.0, cluster: bool 
         "socket_connect_timeout": timeout_s,
         "socket_timeout": timeout_s + max_block_s,
     }
+    if max_connections is not None:  # else redis-py's default (100 for one server); per node on a cluster
+        options["max_connections"] = max_connections
     if cluster:
         return cast(Redis, _Cluster.from_url(url, **options, **_CLUSTER_OPTIONS))
     return Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
