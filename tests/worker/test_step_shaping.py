@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from tests.worker.test_scheduler import Clock, advance, plan, seq
+from tests.worker.tiny_llama import make_engine, make_hf_model
 from worker.engine.block_manager import BlockManager
 from worker.engine.config import EngineConfig
+from worker.engine.sampling_params import SamplingParams
 from worker.engine.scheduler import Scheduler
 from worker.engine.step_cost import StepCost
 from worker.engine.step_shaping import SloTargets
@@ -183,3 +185,21 @@ def test_a_bus_stop_follows_interactive_work_that_ran_alone() -> None:
     clock.now += 10
     sched.add(seq("long-prompt", 1000, priority=BATCH))
     assert plan(sched.schedule())["long-prompt"] < 100
+
+
+def test_an_engine_whose_held_back_work_was_aborted_holds_nothing_back() -> None:
+    """A stale count would keep the worker's intake closed to every class while it sits idle."""
+    engine = make_engine(make_hf_model(), slo=SloTargets(tpot_s=(0.0001, 0.0)))  # no room beside chat
+    params = SamplingParams(max_tokens=50, ignore_eos=True)
+    for i in range(2):
+        engine.add_request(f"b{i}", [1, 2, 3], params, priority=BATCH)
+    for _ in range(20):  # the batch decodes, and the step-cost model learns the machine
+        engine.step()
+    engine.add_request("chat", [4, 5, 6], params, priority=INTERACTIVE)
+    engine.step()
+    engine.step()
+    assert engine.stats().num_held_back == 2
+    for req_id in ("b0", "b1", "chat"):
+        engine.abort(req_id)
+    engine.step()
+    assert engine.stats().num_held_back == 0

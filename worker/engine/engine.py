@@ -121,6 +121,8 @@ class Engine:
         start = time.perf_counter()
         outputs, self._pending = self._pending, []
         scheduled = self.scheduler.schedule() if self.scheduler.has_unfinished() else None
+        if scheduled is None:
+            self.scheduler.num_held_back = 0  # nothing left to hold back (the last ones were aborted)
         if scheduled is None or not scheduled.scheduled:
             self._last_step_num_tokens, self._last_step_time_s = 0, time.perf_counter() - start
             return outputs

@@ -32,7 +32,7 @@ def plan_intake(
     # Each request needs at least one page; the engine queues those that do not fit at once.
     room = min(capacity.num_free_seqs, capacity.num_free_pages) - num_submitted
     has_room = room > 0 and stats.num_waiting == 0
-    if has_room and stats.num_held_back == 0:
+    if has_room and (stats.num_held_back == 0 or not priorities):  # holding nothing: held back nothing
         return min(room, max_batch), CLASS_ORDER
     lowest = max(priorities, default=0)
     classes = tuple(tc for tc in CLASS_ORDER if CLASS_RANK[tc] < lowest)

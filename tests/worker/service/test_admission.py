@@ -33,5 +33,9 @@ def test_a_full_engine_takes_as_many_higher_requests_as_it_has_lower_ones_to_pre
     assert plan_intake(full, EngineStats(num_waiting=3), [BATCH] * 3, 0, 32) == (0, ABOVE_BATCH)
 
 
+def test_a_worker_that_holds_nothing_reads_every_class_whatever_the_last_step_held_back() -> None:
+    assert plan_intake(ROOM, EngineStats(num_held_back=3), [], 0, 32) == (20, CLASS_ORDER)
+
+
 def test_an_engine_with_only_interactive_work_and_a_queue_reads_nothing() -> None:
     assert plan_intake(ROOM, EngineStats(num_waiting=3), [INTERACTIVE] * 4, 0, 32) == (0, ())
