@@ -11,9 +11,9 @@ A target is either set (``SloTargets``) or derived: ``slowdown`` times the predi
 protected work alone, so "1.4" reads "an interactive token may take at most 1.4x as long as it would
 with no batch work beside it", on any machine. A step that carries a protected prompt chunk is held
 to the TTFT target instead, a decode-only one to the TPOT target. The cap stays for ``quiet_s`` after
-the protected class's last sequence leaves (a chat user's next turn comes within seconds), and is
-lifted after that: the scheduler stays work-conserving, lower classes keep every slot and every
-token the targets leave over.
+the protected class's last sequence leaves (a chat user's next turn comes within seconds); after that
+no decode is held back (the scheduler stays work-conserving: lower classes keep every slot and token
+the targets leave over), and only prompt chunks keep to a bus stop (``StepShaper.budget``).
 """
 
 from __future__ import annotations
