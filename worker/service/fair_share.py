@@ -102,7 +102,7 @@ class FairIntake:
             stream = streams[int(i) - 1]
             message = IntakeMessage(HeldMessage(stream, msg_id), data or None, cost=float(cost))
             taken.append(self.with_charge(message))
-        return [self.with_charge(m) for m in charged] + taken
+        return [self.with_charge(m) for m in already] + taken  # none of ``already`` is dropped
 
     def with_charge(self, message: IntakeMessage) -> IntakeMessage:
         """``message`` with the charge its tenant paid for it, when it came from a tenant stream."""
