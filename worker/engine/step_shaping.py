@@ -139,10 +139,9 @@ class StepShaper:
         return StepBudget(protected, cost, self.targets, self._last_deadline.get(protected))
 
     def _bus_stop(self, cost: StepCost) -> StepBudget | None:
-        served = [r for r in self._last_prompt_deadline if r < self.targets.num_protected_ranks]
-        if not served:
-            return None
-        rank = min(served)
+        if not self._last_prompt_deadline:
+            return None  # no latency-bound class served yet: nothing to keep a stop for
+        rank = min(self._last_prompt_deadline)
         deadline = self._last_prompt_deadline[rank]
         return StepBudget(rank, cost, self.targets, deadline, caps_decodes=False)
 
