@@ -1,5 +1,5 @@
-"""Reply events of one engine step for all requests, written to Redis in one pipelined round trip
-(a second one acks the requests that finished)."""
+"""Reply events of one engine step for all requests, written to Redis in one round trip: one script
+call on one Redis, however many requests ran (a second round trip acks the requests that finished)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from shared import keys
 from shared.messages import ReplyEvent
 from shared.redis_client import LuaScript, execute_loading
 
 _WRITE = LuaScript((Path(__file__).parent / "reply_write.lua").read_text())
+# Requests per script call: bounds the arguments one call unpacks.
+_GROUP_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ class ReplyBatch:
 
     async def write(self, redis: Redis, worker_id: str, keep_s: int = keys.REPLY_DONE_TTL_S) -> set[str]:
         """Append every request's events (``reply_write.lua``: only where ``worker_id`` still owns the
-        request), then XACK and XDEL the finished requests' messages; returns the fenced req_ids.
+        request; one call for the whole step), then XACK and XDEL the finished requests' messages;
+        returns the fenced req_ids.
         A finished reply stream is kept ``keep_s`` more.
 
         Acks go after their final events, so a message is never acked before its reply is complete,
@@ -69,19 +73,27 @@ class ReplyBatch:
         finished = {req_id for req_id, _ in self.finals if req_id is not None}
         for req_id in finished:
             by_request.setdefault(req_id, [])  # renews the owner and shortens the stream's life
+        groups = _slot_groups(redis, list(by_request))
+
         def build(pipe: Any) -> None:
             for req_id, why in self.poisoned:
                 pipe.set(keys.poison_key(req_id), why, ex=keys.POISON_TTL_S)
-            for req_id, events in by_request.items():
-                ttl = keep_s if req_id in finished else keys.REPLY_TTL_S
-                is_final = "1" if req_id in finished else "0"
-                owner = [keys.reply_stream(req_id), keys.owner_key(req_id)]
-                _WRITE.queue(pipe, owner, [worker_id, ttl, is_final, *events])
+            for group in groups:
+                script_keys: list[str] = []
+                args: list[Any] = [worker_id]
+                for req_id in group:
+                    is_final = req_id in finished
+                    events = by_request[req_id]
+                    script_keys += [keys.reply_stream(req_id), keys.owner_key(req_id)]
+                    args += [keep_s if is_final else keys.REPLY_TTL_S, "1" if is_final else "0", len(events)]
+                    args += events
+                _WRITE.queue(pipe, script_keys, args)
 
         # A new or restarted Redis loads the script and runs the (idempotent) batch again.
         results = await execute_loading(redis, build, [_WRITE])
-        written = results[len(self.poisoned):]
-        fenced = {req_id for req_id, ok in zip(by_request, written, strict=True) if not ok}
+        written = [ok for group_result in results[len(self.poisoned):] for ok in group_result]
+        ordered = [req_id for group in groups for req_id in group]
+        fenced = {req_id for req_id, ok in zip(ordered, written, strict=True) if not ok}
         acks = [message for req_id, message in self.finals if req_id not in fenced]
         settled = [s for s in self.settlements if s[0] not in fenced and s[3]]
         if acks or settled:
@@ -93,3 +105,11 @@ class ReplyBatch:
                 pipe.hincrbyfloat(counters, tenant, amount)
             await pipe.execute()
         return fenced
+
+
+def _slot_groups(redis: Redis, req_ids: list[str]) -> list[list[str]]:
+    """The requests one script call writes: on one Redis, all of them (in calls of ``_GROUP_SIZE``);
+    on a cluster each request alone, since its keys share a slot of their own (``{req_id}``)."""
+    if isinstance(redis, RedisCluster):
+        return [[req_id] for req_id in req_ids]
+    return [req_ids[i : i + _GROUP_SIZE] for i in range(0, len(req_ids), _GROUP_SIZE)]

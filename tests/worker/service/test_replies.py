@@ -1,4 +1,5 @@
-"""One pipelined write per step: events in order, TTLs, acks after the final event; resume reads it back."""
+"""One script call per step: events in order, TTLs, fencing per request, acks after the final event; resume
+reads it back. On a cluster each request is written in its own slot."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.messages import DATA_FIELD, ErrorInfo, ReplyEvent, ReplyKind, TrafficClass
+from shared.redis_client import connect
 from worker.service import intake
 from worker.service.replies import HeldMessage, ReplyBatch
 from worker.service.resume import take_over
@@ -52,6 +54,23 @@ async def test_batch_writes_events_in_order_and_acks_and_deletes_finished_reques
     assert keys.REPLY_DONE_TTL_S < await redis.ttl(keys.reply_stream("b")) <= keys.REPLY_TTL_S
     assert (await redis.xpending(message.stream, keys.WORKER_GROUP))["pending"] == 0
     assert await redis.xrange(message.stream, message.msg_id, message.msg_id) == []
+
+
+async def test_a_step_of_many_requests_is_one_script_call_with_one_owner_read(redis: Redis) -> None:
+    batch = ReplyBatch()
+    for i in range(40):
+        batch.add(f"r{i}", ReplyEvent(seq=0, kind=ReplyKind.ACCEPTED, worker_id="w"))
+    await batch.write(redis, "w")  # the first write of each: the owners are set
+    await redis.config_resetstat()
+    step = ReplyBatch()
+    for i in range(40):
+        step.add(f"r{i}", ReplyEvent(seq=1, kind=ReplyKind.DELTA, text=str(i), token_ids=[i]))
+    assert await step.write(redis, "w") == set()
+
+    stats = await redis.info("commandstats")
+    calls = {n.removeprefix("cmdstat_"): int(v["calls"]) for n, v in stats.items() if n != "cmdstat_config"}
+    assert calls == {"evalsha": 1, "mget": 1, "xadd": 40}  # no per-request GET, SET or EXPIRE mid-reply
+    assert [e.text for e in await events(redis, "r39")] == ["", "39"]
 
 
 async def test_the_stream_expiry_is_armed_on_the_first_and_final_writes_and_when_the_owner_lapsed(
@@ -136,3 +155,22 @@ async def test_resume_reads_the_first_event_of_each_seq_as_the_gateway_does(redi
         await redis.xadd(stream, {DATA_FIELD: event.model_dump_json()})
     state = await take_over(redis, "d", "new")
     assert (state.next_seq, state.output_token_ids, state.text) == (4, [1, 2, 3], "abc")
+
+
+async def test_on_a_cluster_each_request_is_written_and_fenced_in_its_own_slot(cluster_url: str) -> None:
+    redis = connect(cluster_url, timeout_s=5.0, max_block_s=5.0, cluster=True)
+    try:
+        batch = ReplyBatch()
+        for req_id in ("a", "b", "c"):
+            batch.add(req_id, ReplyEvent(seq=0, kind=ReplyKind.ACCEPTED, worker_id="w"))
+        assert await batch.write(redis, "w") == set()
+        await take_over(redis, "b", "new")
+        step = ReplyBatch()
+        for req_id in ("a", "b", "c"):
+            step.add(req_id, ReplyEvent(seq=1, kind=ReplyKind.DELTA, text=req_id, token_ids=[1]))
+        assert await step.write(redis, "w") == {"b"}
+        assert [e.text for e in await events(redis, "a")] == ["", "a"]
+        assert [e.text for e in await events(redis, "b")] == [""]
+        assert [e.text for e in await events(redis, "c")] == ["", "c"]
+    finally:
+        await redis.aclose()
