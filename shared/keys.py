@@ -63,6 +63,11 @@ def busy_tenants_key(model: str, traffic_class: TrafficClass | str, partition: i
 REQUEST_STREAMS_PATTERN = f"{PREFIX}:requests:*"
 
 
+def class_of_request_stream(name: str) -> TrafficClass:
+    """The traffic class of a ``request_stream`` name."""
+    return TrafficClass(name[name.rindex("}") + 2 :].split(":", 1)[0])
+
+
 def model_of_request_stream(name: str) -> str:
     """The model of a ``request_stream`` name (model names may hold slashes; partitions do not)."""
     return name[name.index("{") + 1 : name.rindex("}")].rsplit("/", 1)[0]
@@ -78,6 +83,16 @@ REPLY_DONE_TTL_S = 120
 
 def reply_stream(req_id: str) -> str:
     return f"{PREFIX}:replies:{{{req_id}}}"
+
+
+# Doorbells: one stream per gateway process, read with all the reply streams it follows (one XREAD,
+# ``gateway/transport/reply_mux.py``); a reader that starts meanwhile rings it. Holds one entry, and
+# expires REPLY_DOORBELL_TTL_S after the last ring.
+REPLY_DOORBELL_TTL_S = 60
+
+
+def reply_doorbell(reader_id: str) -> str:
+    return f"{PREFIX}:replies-doorbell:{{{reader_id}}}"
 
 
 def req_id_of_reply_stream(name: str) -> str:
