@@ -53,6 +53,15 @@ class FairIntake:
             if s.partition == partition and s.tenant and s.traffic_class in classes
         ]
 
+    async def found_new_tenants(self, partitions: int) -> bool:
+        """Whether gateways registered tenants of the internal classes not seen so far (reads the
+        registries: one HGETALL per class and partition)."""
+        before = len(self._streams)
+        for traffic_class in keys.FAIR_CLASSES:
+            for partition in range(partitions):
+                await self.tenants(traffic_class, partition)
+        return len(self._streams) > before
+
     async def tenants(self, traffic_class: TrafficClass, partition: int) -> list[TenantStream]:
         """The class's tenants that gateways registered, the class's own stream first."""
         raw: dict[str, str] = await self._redis.hgetall(  # type: ignore[misc,assignment]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ async def read_new(
     partitions: int = 1,
     blocking: BlockingReads | None = None,
     fair: FairIntake | None = None,
+    poll: tuple[TrafficClass, ...] | None = None,
 ) -> list[IntakeMessage]:
     """Up to ``count`` new messages of ``classes``, higher classes first.
 
@@ -81,12 +83,13 @@ async def read_new(
     none waits behind the others). With it, and nothing waiting, one blocking read per partition
     covers its streams (``blocking`` keeps those that did not return; needed with partitions). A
     blocking read returns at most one message per stream, so more than ``count`` messages may come
-    back (the engine queues the extra).
+    back (the engine queues the extra). ``poll`` (default: ``classes``) names the classes polled
+    first: the caller knows nothing is queued on the others' streams, which the blocking read covers.
     """
     first = random.randrange(partitions)
     order = [(first + i) % partitions for i in range(partitions)]
     taken: list[IntakeMessage] = []
-    for tc in classes:
+    for tc in classes if poll is None or block_ms is None else [c for c in classes if c in poll]:
         for p in order:
             if len(taken) >= count:
                 return taken
@@ -188,13 +191,14 @@ async def reclaim(
 
 async def claim_dead(
     redis: Redis, model: str, consumer: str, count: int, min_idle_ms: int, partitions: int = 1,
-    fair: FairIntake | None = None,
+    fair: FairIntake | None = None, peers: set[str] | None = None,
 ) -> list[IntakeMessage]:
     """Take over up to ``count`` messages held by workers whose heartbeat key is gone (dead ones).
 
     A live worker refreshes its messages' idle time every heartbeat, so ``min_idle_ms`` (a heartbeat
     interval or so) only settles races: of two workers claiming the same message, the second finds
-    it no longer idle. Dead consumers left with nothing pending are removed from the group.
+    it no longer idle. Dead consumers left with nothing pending are removed from the group; the other
+    consumers seen (but this one) are added to ``peers``.
     """
     taken: list[IntakeMessage] = []
     for stream in request_streams(model, partitions=partitions, fair=fair):
@@ -205,7 +209,11 @@ async def claim_dead(
         pipe = redis.pipeline(transaction=False)
         for c in others:
             pipe.exists(keys.worker_key(model, c["name"]))
-        dead = [c for c, is_alive in zip(others, await pipe.execute(), strict=True) if not is_alive]
+        alive = await pipe.execute()
+        dead = [c for c, is_alive in zip(others, alive, strict=True) if not is_alive]
+        if peers is not None:  # a dead one still holding messages keeps the next check sweeping
+            peers.update(c["name"] for c, is_alive in zip(others, alive, strict=True)
+                         if is_alive or int(c["pending"]) > 0)
         for c in dead:
             if int(c["pending"]) == 0:
                 await redis.xgroup_delconsumer(stream, keys.WORKER_GROUP, c["name"])
@@ -260,12 +268,27 @@ async def refresh(redis: Redis, consumer: str, messages: list[HeldMessage]) -> l
 
 
 class Intake:
-    """The reads above, bound to one worker of one model (and its in-flight blocking reads)."""
+    """The reads above, bound to one worker of one model (and its in-flight blocking reads).
+
+    Kept cheap, since a pool's polls are Redis commands too, and cost most when little runs. A class
+    is quiet once a read that covered it took fewer than it could: its streams held no more, and a
+    blocking read, which covers every stream, takes what arrives later. Quiet classes are not polled
+    (the internal ones only have their tenant registries read, to cover new tenants' streams). Dead
+    peers are looked for with one EXISTS of the peers' heartbeats, and their streams swept (XINFO
+    CONSUMERS) only when one is missing, or every ``PEER_SWEEP_S`` to learn new peers; messages left
+    idle are looked for six times per ``orphan_idle_ms``.
+    """
+
+    PEER_SWEEP_S = 5.0
 
     def __init__(self, redis: Redis, model: str, consumer: str, partitions: int) -> None:
         self._redis, self._model, self._consumer, self._partitions = redis, model, consumer, partitions
         self._blocking = BlockingReads()
         self.fair = FairIntake(redis, model, consumer)
+        self._quiet: set[TrafficClass] = set()  # nothing queued on their streams but what a block takes
+        self._peers: set[str] = set()  # the group's consumers seen by the last sweep, alive or holding
+        self._next_sweep = 0.0
+        self._next_orphan_check = 0.0
 
     async def ensure_groups(self) -> None:
         await ensure_groups(self._redis, self._model, self._partitions, self.fair)
@@ -274,13 +297,37 @@ class Intake:
         self, count: int, block_ms: int | None, classes: tuple[TrafficClass, ...] = CLASS_ORDER
     ) -> list[IntakeMessage]:
         r, m, c, p = self._redis, self._model, self._consumer, self._partitions
-        return await read_new(r, m, c, count, block_ms, classes, p, self._blocking, self.fair)
+        if any(tc in self._quiet for tc in keys.FAIR_CLASSES) and await self.fair.found_new_tenants(p):
+            self._quiet -= set(keys.FAIR_CLASSES)
+        poll = tuple(tc for tc in classes if tc not in self._quiet)
+        taken = await read_new(r, m, c, count, block_ms, classes, p, self._blocking, self.fair, poll)
+        if len(taken) >= count:  # stopped at count: more may be queued anywhere
+            self._quiet -= set(classes)
+        else:  # drained; a blocking read takes one per stream, so where it took one, more may follow
+            self._quiet |= set(classes)
+            self._quiet -= {keys.class_of_request_stream(msg.message.stream) for msg in taken}
+        return taken
 
     async def take_over(self, count: int, dead_idle_ms: int, orphan_idle_ms: int) -> list[IntakeMessage]:
         """Dead workers' messages first, else any message left idle whoever holds it."""
         r, m, c, p, f = self._redis, self._model, self._consumer, self._partitions, self.fair
-        dead = await claim_dead(r, m, c, count, dead_idle_ms, p, f)
-        return dead or await reclaim(r, m, c, count, orphan_idle_ms, p, f)
+        now = time.monotonic()
+        if now >= self._next_sweep or await self._a_peer_died():
+            peers: set[str] = set()
+            dead = await claim_dead(r, m, c, count, dead_idle_ms, p, f, peers)
+            self._peers, self._next_sweep = peers, now + self.PEER_SWEEP_S
+            if dead:
+                return dead
+        if now < self._next_orphan_check:
+            return []
+        self._next_orphan_check = now + orphan_idle_ms / 6000
+        return await reclaim(r, m, c, count, orphan_idle_ms, p, f)
+
+    async def _a_peer_died(self) -> bool:
+        if not self._peers:
+            return False
+        alive = await self._redis.exists(*(keys.worker_key(self._model, peer) for peer in self._peers))
+        return int(alive) < len(self._peers)
 
     def close(self) -> None:
         self._blocking.cancel()

@@ -1,0 +1,77 @@
+"""What an idle worker costs Redis, on a real Redis: a read after an empty one blocks at once (a new
+tenant's stream is still found), and dead peers are looked for with one heartbeat check."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.transport.enqueue import enqueue
+from shared import keys
+from shared.messages import DATA_FIELD, GenerateRequest, SamplingOptions, TrafficClass
+from worker.service import intake
+
+MODEL = "m"
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    await intake.ensure_groups(client, MODEL)
+    yield client
+    await client.aclose()
+
+
+async def calls(redis: Redis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {n.removeprefix("cmdstat_"): int(v["calls"]) for n, v in stats.items() if n != "cmdstat_config"}
+
+
+async def test_a_read_after_an_empty_one_blocks_at_once_and_still_finds_a_new_tenant(redis: Redis) -> None:
+    reads = intake.Intake(redis, MODEL, "w", partitions=1)
+    assert await reads.read_new(4, block_ms=50) == []  # polls every class, then blocks: nothing
+    await redis.config_resetstat()
+    assert await reads.read_new(4, block_ms=50) == []
+    # The tenant registries of the two internal classes, then the blocking read: no share script.
+    assert await calls(redis) == {"hgetall": 2, "xreadgroup": 1}
+
+    request = GenerateRequest(
+        req_id="new-0", model=MODEL, traffic_class=TrafficClass.BATCH, tenant="newcomer",
+        prompt="x", sampling=SamplingOptions(max_tokens=4),
+    )
+    await enqueue(redis, request, 0)  # a tenant no read covered yet
+    taken = await reads.read_new(4, block_ms=50)
+    assert [m.charge.tenant if m.charge else None for m in taken] == ["newcomer"]
+
+
+async def test_dead_peers_are_looked_for_with_one_heartbeat_check(redis: Redis) -> None:
+    stream = keys.request_stream(MODEL, TrafficClass.INTERACTIVE)
+    await redis.xadd(stream, {DATA_FIELD: "held"})
+    await redis.set(keys.worker_key(MODEL, "peer"), "{}", ex=60)
+    await redis.set(keys.worker_key(MODEL, "me"), "{}", ex=60)
+    assert len(await intake.read_new(redis, MODEL, "peer", count=1, block_ms=None)) == 1
+    me = intake.Intake(redis, MODEL, "me", partitions=1)
+    await asyncio.sleep(0.1)
+    assert await me.take_over(4, dead_idle_ms=50, orphan_idle_ms=60_000) == []  # the sweep: alive
+
+    await redis.config_resetstat()
+    assert await me.take_over(4, dead_idle_ms=50, orphan_idle_ms=60_000) == []
+    assert await calls(redis) == {"exists": 1}  # no XINFO per stream, no XAUTOCLAIM yet
+
+    await redis.delete(keys.worker_key(MODEL, "peer"))  # the peer dies
+    taken = await me.take_over(4, dead_idle_ms=50, orphan_idle_ms=60_000)
+    assert [(m.data, m.is_reclaimed) for m in taken] == [("held", True)]
+
+
+async def test_only_a_class_a_blocking_read_took_from_is_polled_next(redis: Redis) -> None:
+    reads = intake.Intake(redis, MODEL, "w", partitions=1)
+    assert await reads.read_new(4, block_ms=50) == []
+    for i in range(3):
+        await redis.xadd(keys.request_stream(MODEL, TrafficClass.INTERACTIVE), {DATA_FIELD: f"i{i}"})
+    assert [m.data for m in await reads.read_new(4, block_ms=50)] == ["i0"]  # the block: one per stream
+    await redis.config_resetstat()
+    assert [m.data for m in await reads.read_new(4, block_ms=50)] == ["i1", "i2"]
+    assert await calls(redis) == {"hgetall": 2, "xreadgroup": 1}  # interactive polled; no share script
