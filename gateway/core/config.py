@@ -25,8 +25,9 @@ class GatewaySettings(BaseSettings):
     redis_cluster: bool = False
     # Seconds to wait for Redis to accept a connection or answer a command before answering 503.
     redis_timeout_s: float = Field(default=2.0, gt=0)
-    # Connections to Redis one gateway may open: every streaming request holds one in a blocking read,
-    # so this bounds the streams a replica serves at once (redis-py's own default is 100).
+    # Connections to Redis one gateway may open (redis-py's own default is 100). On one Redis all reply
+    # streams share one blocking read; on a cluster every streaming request holds one, so there this
+    # bounds the streams a replica serves at once.
     redis_max_connections: int = Field(default=4096, ge=16)
     # How long a running request's reads ride out a Redis outage (retried with backoff) before the
     # client gets a 503 error; longer than a failover or a `DEBUG SLEEP 30`.

@@ -273,13 +273,15 @@ class Intake:
     Kept cheap, since a pool's polls are Redis commands too, and cost most when little runs. A class
     is quiet once a read that covered it took fewer than it could: its streams held no more, and a
     blocking read, which covers every stream, takes what arrives later. Quiet classes are not polled
-    (the internal ones only have their tenant registries read, to cover new tenants' streams). Dead
+    (the internal ones only have their tenant registries read, at most every ``TENANT_CHECK_S``, to
+    cover new tenants' streams). Dead
     peers are looked for with one EXISTS of the peers' heartbeats, and their streams swept (XINFO
     CONSUMERS) only when one is missing, or every ``PEER_SWEEP_S`` to learn new peers; messages left
     idle are looked for six times per ``orphan_idle_ms``.
     """
 
     PEER_SWEEP_S = 5.0
+    TENANT_CHECK_S = 1.0
 
     def __init__(self, redis: Redis, model: str, consumer: str, partitions: int) -> None:
         self._redis, self._model, self._consumer, self._partitions = redis, model, consumer, partitions
@@ -289,6 +291,7 @@ class Intake:
         self._peers: set[str] = set()  # the group's consumers seen by the last sweep, alive or holding
         self._next_sweep = 0.0
         self._next_orphan_check = 0.0
+        self._next_tenant_check = 0.0
 
     async def ensure_groups(self) -> None:
         await ensure_groups(self._redis, self._model, self._partitions, self.fair)
@@ -297,9 +300,13 @@ class Intake:
         self, count: int, block_ms: int | None, classes: tuple[TrafficClass, ...] = CLASS_ORDER
     ) -> list[IntakeMessage]:
         r, m, c, p = self._redis, self._model, self._consumer, self._partitions
-        if any(tc in self._quiet for tc in keys.FAIR_CLASSES) and await self.fair.found_new_tenants(p):
-            self._quiet -= set(keys.FAIR_CLASSES)
+        if any(tc in self._quiet for tc in keys.FAIR_CLASSES) and time.monotonic() >= self._next_tenant_check:
+            self._next_tenant_check = time.monotonic() + self.TENANT_CHECK_S
+            if await self.fair.found_new_tenants(p):
+                self._quiet -= set(keys.FAIR_CLASSES)
         poll = tuple(tc for tc in classes if tc not in self._quiet)
+        if any(tc in poll for tc in keys.FAIR_CLASSES):  # polling them reads their registries
+            self._next_tenant_check = time.monotonic() + self.TENANT_CHECK_S
         taken = await read_new(r, m, c, count, block_ms, classes, p, self._blocking, self.fair, poll)
         if len(taken) >= count:  # stopped at count: more may be queued anywhere
             self._quiet -= set(classes)

@@ -1,5 +1,6 @@
-"""What an idle worker costs Redis, on a real Redis: a read after an empty one blocks at once (a new
-tenant's stream is still found), and dead peers are looked for with one heartbeat check."""
+"""What a quiet worker costs Redis, on a real Redis: a read after an empty one blocks at once (a new
+tenant's stream is still found), only a class a blocking read took from is polled next, and dead
+peers are looked for with one heartbeat check."""
 
 from __future__ import annotations
 
@@ -30,13 +31,22 @@ async def calls(redis: Redis) -> dict[str, int]:
     return {n.removeprefix("cmdstat_"): int(v["calls"]) for n, v in stats.items() if n != "cmdstat_config"}
 
 
-async def test_a_read_after_an_empty_one_blocks_at_once_and_still_finds_a_new_tenant(redis: Redis) -> None:
+async def test_a_read_after_an_empty_one_blocks_at_once(redis: Redis) -> None:
     reads = intake.Intake(redis, MODEL, "w", partitions=1)
+    reads.TENANT_CHECK_S = 60.0  # the tenant registries were just read
     assert await reads.read_new(4, block_ms=50) == []  # polls every class, then blocks: nothing
     await redis.config_resetstat()
     assert await reads.read_new(4, block_ms=50) == []
-    # The tenant registries of the two internal classes, then the blocking read: no share script.
-    assert await calls(redis) == {"hgetall": 2, "xreadgroup": 1}
+    assert await calls(redis) == {"xreadgroup": 1}  # the blocking read alone: no poll, no share script
+
+
+async def test_a_quiet_worker_still_finds_a_new_tenants_stream(redis: Redis) -> None:
+    reads = intake.Intake(redis, MODEL, "w", partitions=1)
+    reads.TENANT_CHECK_S = 0.0  # the registries are read every round
+    assert await reads.read_new(4, block_ms=50) == []
+    await redis.config_resetstat()
+    assert await reads.read_new(4, block_ms=50) == []
+    assert await calls(redis) == {"hgetall": 2, "xreadgroup": 1}  # the two internal classes' registries
 
     request = GenerateRequest(
         req_id="new-0", model=MODEL, traffic_class=TrafficClass.BATCH, tenant="newcomer",
@@ -68,10 +78,11 @@ async def test_dead_peers_are_looked_for_with_one_heartbeat_check(redis: Redis) 
 
 async def test_only_a_class_a_blocking_read_took_from_is_polled_next(redis: Redis) -> None:
     reads = intake.Intake(redis, MODEL, "w", partitions=1)
+    reads.TENANT_CHECK_S = 60.0
     assert await reads.read_new(4, block_ms=50) == []
     for i in range(3):
         await redis.xadd(keys.request_stream(MODEL, TrafficClass.INTERACTIVE), {DATA_FIELD: f"i{i}"})
     assert [m.data for m in await reads.read_new(4, block_ms=50)] == ["i0"]  # the block: one per stream
     await redis.config_resetstat()
     assert [m.data for m in await reads.read_new(4, block_ms=50)] == ["i1", "i2"]
-    assert await calls(redis) == {"hgetall": 2, "xreadgroup": 1}  # interactive polled; no share script
+    assert await calls(redis) == {"xreadgroup": 1}  # interactive polled; no share script
