@@ -29,6 +29,9 @@ READY_TIMEOUT_S = 240.0  # model loads are slow on a busy 2-core machine
 ON_CLUSTER = os.environ.get("BUSSTOP_TEST_REDIS_CLUSTER", "") not in ("", "0", "false")
 
 E2E_ENV = {
+    # float32 everywhere: the suite compares texts across resumes and batchings, which bf16's rounding
+    # may change (``dtype: auto`` would pick bf16 on CPUs with native bf16).
+    "BUSSTOP_MODEL_DTYPE": "float32",
     "BUSSTOP_MODEL_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
     "BUSSTOP_MODEL_KV_CACHE_BYTES": str(64 * 1024 * 1024),
     "BUSSTOP_WORKER_REFRESH_S": "0.25",

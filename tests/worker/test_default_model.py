@@ -143,3 +143,10 @@ def test_greedy_tokens_and_logprobs_match_transformers(
 def test_capital_of_france_is_paris(loaded: LoadedModel) -> None:
     token_ids, _ = run_greedy(loaded, chat(loaded, "What is the capital of France?"))
     assert "Paris" in loaded.tokenizer.decode(token_ids)
+
+
+def test_in_bfloat16_the_capital_of_france_is_still_paris() -> None:
+    """What lets ``dtype: auto`` pick bf16 on CPUs that compute in it natively."""
+    bf16 = load_model(ModelSettings(device="cpu", dtype="bfloat16", max_model_len=2048))
+    token_ids, _ = run_greedy(bf16, chat(bf16, "What is the capital of France?"))
+    assert "Paris" in bf16.tokenizer.decode(token_ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -19,13 +20,31 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
+# CPU flags of native bf16 arithmetic in /proc/cpuinfo: x86's AVX512-BF16 and AMX, Arm's BF16.
+_NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes in bf16 natively; elsewhere oneDNN emulates it, slower than float32."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:  # not Linux: no way to tell, so no
+        return False
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features") and _NATIVE_BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
 class ModelSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BUSSTOP_MODEL_", extra="ignore")
 
     name: str = DEFAULT_MODEL_NAME  # the model name clients ask for
     # "default", a .gguf file, or a Hugging Face checkpoint directory (config.json + *.safetensors).
     path: str = DEFAULT_MODEL_PATH
-    # "auto": float32 on CPU, bfloat16 on CUDA.
+    # "auto": bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX, Arm BF16), else float32.
+    # The bundled model answers correctly in bf16 (tests/worker/test_default_model.py).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # "auto": cuda when available, else cpu.
     device: str = "auto"
@@ -61,7 +80,8 @@ class ModelSettings(BaseSettings):
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
-            return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
+            is_bf16 = self.torch_device().type == "cuda" or has_native_bf16()
+            return torch.bfloat16 if is_bf16 else torch.float32
         return _DTYPES[self.dtype]
 
     def resolved_max_model_len(self, max_position_embeddings: int) -> int:
