@@ -64,6 +64,7 @@ class ReplyMux:
         self._doorbell = keys.reply_doorbell(uuid.uuid4().hex)
         self._doorbell_id = "0-0"
         self._task: asyncio.Task[None] | None = None
+        self._rings: set[asyncio.Task[None]] = set()
         self._is_reading = False  # a blocking read is in flight
         self._rung = False  # and the doorbell was rung for it
         self._block_ms = 1000
@@ -80,7 +81,9 @@ class ReplyMux:
             self._task = loop.create_task(self._run())
         elif self._is_reading and not self._rung:
             self._rung = True
-            loop.create_task(self._ring())
+            ring = loop.create_task(self._ring())
+            self._rings.add(ring)  # held, so it is not collected before it runs
+            ring.add_done_callback(self._rings.discard)
 
     async def _ring(self) -> None:
         try:

@@ -274,10 +274,9 @@ class Intake:
     is quiet once a read that covered it took fewer than it could: its streams held no more, and a
     blocking read, which covers every stream, takes what arrives later. Quiet classes are not polled
     (the internal ones only have their tenant registries read, at most every ``TENANT_CHECK_S``, to
-    cover new tenants' streams). Dead
-    peers are looked for with one EXISTS of the peers' heartbeats, and their streams swept (XINFO
-    CONSUMERS) only when one is missing, or every ``PEER_SWEEP_S`` to learn new peers; messages left
-    idle are looked for six times per ``orphan_idle_ms``.
+    cover new tenants' streams). Dead peers are looked for with one EXISTS of the peers' heartbeats,
+    and their streams swept (XINFO CONSUMERS) only when one is missing, or every ``PEER_SWEEP_S`` to
+    learn new peers; messages left idle are looked for six times per ``orphan_idle_ms``.
     """
 
     PEER_SWEEP_S = 5.0
