@@ -5,7 +5,6 @@ peers are looked for with one heartbeat check."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -18,12 +17,9 @@ from worker.service import intake
 MODEL = "m"
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=True)
-    await intake.ensure_groups(client, MODEL)
-    yield client
-    await client.aclose()
+@pytest.fixture(autouse=True)
+async def groups(redis: Redis) -> None:
+    await intake.ensure_groups(redis, MODEL)
 
 
 async def calls(redis: Redis) -> dict[str, int]:
