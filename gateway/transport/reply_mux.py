@@ -73,13 +73,12 @@ class ReplyMux:
         """Read ``reader``'s stream from its cursor on, until it has its final event."""
         self._block_ms = block_ms  # within the client's socket timeout (``connect``'s max_block_s)
         readers = self._readers.setdefault(reader.stream, weakref.WeakSet())
-        if reader in readers:
-            return
+        is_new = reader not in readers
         readers.add(reader)
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = loop.create_task(self._run())
-        elif self._is_reading and not self._rung:
+        elif is_new and self._is_reading and not self._rung:
             self._rung = True
             ring = loop.create_task(self._ring())
             self._rings.add(ring)  # held, so it is not collected before it runs
