@@ -18,6 +18,7 @@ from worker.loader.checkpoint import BaseCheckpoint
 from worker.loader.default_model import default_gguf_path
 from worker.loader.gguf_checkpoint import GGUFCheckpoint
 from worker.loader.hf_checkpoint import INDEX_FILE, HFCheckpoint
+from worker.loader.settings import has_native_bf16
 from worker.tokenizer import Tokenizer
 
 PROMPTS = ["What is the capital of France?", "Name a color of the rainbow."]
@@ -204,7 +205,8 @@ def test_chat_template_missing_is_a_value_error(gguf_model: LoadedModel, tmp_pat
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = ModelSettings(device="cpu")
-    assert (defaults.name, defaults.path, defaults.torch_dtype()) == ("smollm2", "default", torch.float32)
+    auto_dtype = torch.bfloat16 if has_native_bf16() else torch.float32  # the rule: test_model_settings_dtype
+    assert (defaults.name, defaults.path, defaults.torch_dtype()) == ("smollm2", "default", auto_dtype)
     assert defaults.resolved_max_model_len(8192) == 8192  # 0: the model's own context length
     monkeypatch.setenv("BUSSTOP_MODEL_NAME", "my-llama")
     monkeypatch.setenv("BUSSTOP_MODEL_PATH", "/models/llama")
