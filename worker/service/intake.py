@@ -274,13 +274,14 @@ class Intake:
     is quiet once a read that covered it took fewer than it could: its streams held no more, and a
     blocking read, which covers every stream, takes what arrives later. Quiet classes are not polled
     (the internal ones only have their tenant registries read, at most every ``TENANT_CHECK_S``, to
-    cover new tenants' streams). Dead peers are looked for with one EXISTS of the peers' heartbeats,
-    and their streams swept (XINFO CONSUMERS) only when one is missing, or every ``PEER_SWEEP_S`` to
-    learn new peers; messages left idle are looked for six times per ``orphan_idle_ms``.
+    cover new tenants' streams). Dead peers are looked for with one XINFO CONSUMERS of the first
+    stream and one EXISTS of the peers' heartbeats, and every stream is swept (XINFO CONSUMERS each)
+    only when one is missing, or every ``PEER_SWEEP_S``; messages left idle are looked for six times
+    per ``orphan_idle_ms``.
     """
 
     PEER_SWEEP_S = 5.0
-    TENANT_CHECK_S = 1.0
+    TENANT_CHECK_S = 0.5
 
     def __init__(self, redis: Redis, model: str, consumer: str, partitions: int) -> None:
         self._redis, self._model, self._consumer, self._partitions = redis, model, consumer, partitions
@@ -330,10 +331,15 @@ class Intake:
         return await reclaim(r, m, c, count, orphan_idle_ms, p, f)
 
     async def _a_peer_died(self) -> bool:
-        if not self._peers:
+        """Whether a peer has no heartbeat: the consumers of the model's first request stream (every
+        worker's blocking reads cover it, so a new peer is there at once) and those of the last sweep."""
+        first = keys.request_stream(self._model, CLASS_ORDER[0], 0)
+        consumers: Any = await self._redis.xinfo_consumers(first, keys.WORKER_GROUP)
+        peers = self._peers | {c["name"] for c in consumers} - {self._consumer}
+        if not peers:
             return False
-        alive = await self._redis.exists(*(keys.worker_key(self._model, peer) for peer in self._peers))
-        return int(alive) < len(self._peers)
+        alive = await self._redis.exists(*(keys.worker_key(self._model, peer) for peer in peers))
+        return int(alive) < len(peers)
 
     def close(self) -> None:
         self._blocking.cancel()

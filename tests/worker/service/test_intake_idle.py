@@ -65,7 +65,7 @@ async def test_dead_peers_are_looked_for_with_one_heartbeat_check(redis: Redis) 
 
     await redis.config_resetstat()
     assert await me.take_over(4, dead_idle_ms=50, orphan_idle_ms=60_000) == []
-    assert await calls(redis) == {"exists": 1}  # no XINFO per stream, no XAUTOCLAIM yet
+    assert await calls(redis) == {"xinfo": 1, "exists": 1}  # one stream's consumers: no sweep, no XAUTOCLAIM
 
     await redis.delete(keys.worker_key(MODEL, "peer"))  # the peer dies
     taken = await me.take_over(4, dead_idle_ms=50, orphan_idle_ms=60_000)
@@ -82,3 +82,16 @@ async def test_only_a_class_a_blocking_read_took_from_is_polled_next(redis: Redi
     await redis.config_resetstat()
     assert [m.data for m in await reads.read_new(4, block_ms=50)] == ["i1", "i2"]
     assert await calls(redis) == {"xreadgroup": 1}  # interactive polled; no share script
+
+
+async def test_a_peer_that_joined_after_the_last_sweep_and_died_is_found_at_once(redis: Redis) -> None:
+    await redis.set(keys.worker_key(MODEL, "me"), "{}", ex=60)
+    me = intake.Intake(redis, MODEL, "me", partitions=1)
+    assert await me.take_over(4, dead_idle_ms=50, orphan_idle_ms=60_000) == []  # the sweep: no peers
+    await redis.xadd(keys.request_stream(MODEL, TrafficClass.INTERACTIVE), {DATA_FIELD: "held"})
+    await redis.set(keys.worker_key(MODEL, "young"), "{}", ex=60)
+    assert len(await intake.read_new(redis, MODEL, "young", count=1, block_ms=None)) == 1
+    await redis.delete(keys.worker_key(MODEL, "young"))  # it dies before the next sweep is due
+    await asyncio.sleep(0.1)
+    taken = await me.take_over(4, dead_idle_ms=50, orphan_idle_ms=60_000)
+    assert [m.data for m in taken] == ["held"]
