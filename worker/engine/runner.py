@@ -19,6 +19,7 @@ from worker.engine.kv_cache import KVCache, page_bytes
 from worker.engine.outputs import TokenLogprobs
 from worker.engine.sampler import sample
 from worker.engine.scheduler import SchedulerOutput
+from worker.kernels import cpu_ops
 from worker.model.llama import LlamaForCausalLM
 
 
@@ -61,6 +62,8 @@ class ModelRunner:
             from worker.engine.attention.flashinfer_backend import FlashInferAttentionBackend
 
             backend = FlashInferAttentionBackend(*model.attention_shape, config.dtype, device)
+        if device.type == "cpu":
+            cpu_ops()  # builds the fused kernels now (once per machine), not in the first request's step
         return cls(model, kv_cache, backend, frozenset(eos_token_ids), device)
 
     @torch.inference_mode()

@@ -10,16 +10,16 @@ from collections.abc import Iterable, Sequence
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from worker.model.attention import KVCacheLayer, PagedAttention
 from worker.model.config import ModelConfig
+from worker.model.layers.activation import silu_and_mul
 from worker.model.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from worker.model.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from worker.model.layers.norm import RMSNorm
 from worker.model.parallel import SINGLE, ParallelContext
-from worker.model.rope import RotaryEmbedding, apply_rope
+from worker.model.rope import RotaryEmbedding, apply_rope_qk
 
 # HF name fragment -> (our merged parameter fragment, shard id)
 _MERGED = {
@@ -47,8 +47,8 @@ class LlamaAttention(nn.Module):
         num_tokens = hidden.shape[0]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)
-        q = apply_rope(q.view(num_tokens, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
+        q, k = apply_rope_qk(q.view(num_tokens, self.num_heads, self.head_dim),
+                             k.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         out = attention.forward(q, k, v, kv_layer[0], kv_layer[1])  # [num_tokens, num_heads, head_dim]
         return self.o_proj(out.reshape(num_tokens, q_size))
@@ -62,8 +62,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, False, parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):

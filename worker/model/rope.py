@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from worker.kernels import cpu_ops_for
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -55,6 +57,20 @@ class RotaryEmbedding(torch.nn.Module):
         """cos and sin, each [num_tokens, 1, head_dim // 2] in dtype, broadcast over heads."""
         freqs = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq  # [num_tokens, head_dim // 2]
         return freqs.cos().to(dtype).unsqueeze(1), freqs.sin().to(dtype).unsqueeze(1)
+
+
+def apply_rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [num_tokens, num_heads, head_dim], k [num_tokens, num_kv_heads, head_dim] -> both rotated.
+
+    On the CPU one fused kernel rotates both in place (they are views of the step's QKV output,
+    read by nothing else); elsewhere each gets a rotated copy.
+    """
+    ops = cpu_ops_for(q)
+    if ops is not None and cos.dtype == q.dtype:
+        ops.rotary(q, k, cos, sin)
+        return q, k
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

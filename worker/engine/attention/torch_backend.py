@@ -8,6 +8,9 @@ batched matmuls with a float32 softmax. Each prefill chunk gathers its own pages
 scaled_dot_product_attention (memory-efficient for long chunks) with a bottom-right-aligned causal
 mask (query j of a chunk of q_len attends to KV positions <= kv_len - q_len + j), which is
 FlashInfer's causal semantics.
+
+On the CPU, decodes go through the fused kernel ``paged_decode_attention`` (``worker.kernels``)
+instead, which reads each sequence's pages where they lie: no gather and no mask.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.engine.attention.metadata import AttentionMetadata
+from worker.kernels import cpu_ops_for
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class TorchAttentionBackend:
         self._metadata: AttentionMetadata | None = None
         self._decode_page_table: torch.Tensor | None = None  # [num_decodes, max_pages], int64
         self._decode_max_kv = 0
+        self._decode_kv_lens: torch.Tensor | None = None  # [num_decodes], int64
         # [num_decodes, 1, 1, max_kv], bool, True = attend; None when every decode has max_kv tokens
         self._decode_mask: torch.Tensor | None = None
         self._prefills: list[_PrefillPlan] = []
@@ -49,7 +54,7 @@ class TorchAttentionBackend:
             kv_starts.append(kv_starts[-1] + n)
         indices = metadata.kv_indices.long()
         nd = metadata.num_decode_seqs
-        self._decode_page_table = self._decode_mask = None
+        self._decode_page_table = self._decode_mask = self._decode_kv_lens = None
         if nd:
             max_pages = max(num_pages[:nd])
             cols = torch.arange(max_pages, device=device)
@@ -59,6 +64,7 @@ class TorchAttentionBackend:
             self._decode_page_table = torch.where(cols[None, :] < counts[:, None], indices[gather], 0)
             decode_lens = metadata.kv_lens[:nd]
             self._decode_max_kv = max(decode_lens)
+            self._decode_kv_lens = torch.tensor(decode_lens, device=device)
             if min(decode_lens) != self._decode_max_kv:
                 kv_lens = torch.tensor(decode_lens, device=device)
                 slots = torch.arange(self._decode_max_kv, device=device)
@@ -88,8 +94,14 @@ class TorchAttentionBackend:
         v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, md.slot_mapping, v)
         out = torch.empty_like(q)
         nd = md.num_decode_seqs
-        if self._decode_page_table is not None:
-            out[:nd] = self._decode(q[:nd], k_cache, v_cache, self._decode_page_table, self._decode_max_kv,
+        ops = cpu_ops_for(q)
+        table, kv_lens = self._decode_page_table, self._decode_kv_lens
+        if table is not None and kv_lens is not None and ops is not None:
+            # reads the pages where they lie: no gather, no mask
+            ops.paged_decode_attention(q[:nd], k_cache, v_cache, table, kv_lens, q.shape[-1] ** -0.5,
+                                       out[:nd])
+        elif table is not None:
+            out[:nd] = self._decode(q[:nd], k_cache, v_cache, table, self._decode_max_kv,
                                     self._decode_mask)
         for p in self._prefills:
             # [num_kv_heads, kv_len, head_dim]

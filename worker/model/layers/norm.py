@@ -1,10 +1,15 @@
-"""RMSNorm, with the residual add fused in so each decoder layer makes one pass over the hidden state."""
+"""RMSNorm, with the residual add fused in so each decoder layer makes one pass over the hidden state.
+
+On the CPU it runs as one fused kernel (``worker.kernels``); elsewhere, or without the kernels, as
+PyTorch ops that compute the same values.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from worker.kernels import cpu_ops_for
 from worker.model.layers.linear import default_weight_loader
 
 
@@ -18,6 +23,19 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (normed, new_residual) where new_residual = x + residual."""
+        ops = cpu_ops_for(x)
+        if ops is not None and x.dim() == 2 and self.weight.dtype == x.dtype:
+            out = torch.empty_like(x)
+            if residual is None:
+                ops.rms_norm(x, self.weight, self.eps, out)
+                return out, x
+            total = torch.empty_like(x)
+            ops.add_rms_norm(x, residual, self.weight, self.eps, out, total)
+            return out, total
+        return self.forward_torch(x, residual)
+
+    def forward_torch(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is not None:
             x = x + residual
         residual = x

@@ -1,0 +1,112 @@
+"""The fused CPU kernels against the PyTorch ops they replace, and the switch that turns them off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import worker.kernels as kernels
+from tests.worker.test_attention import dense_reference, make_case
+from tests.worker.tiny_llama import make_engine, make_hf_model
+from worker.engine.attention import TorchAttentionBackend
+from worker.engine.engine import generate
+from worker.engine.sampling_params import SamplingParams
+from worker.model.layers.activation import silu_and_mul, silu_and_mul_torch
+from worker.model.layers.norm import RMSNorm
+from worker.model.rope import RotaryEmbedding, apply_rope, apply_rope_qk
+
+ops = kernels.cpu_ops()
+pytestmark = pytest.mark.skipif(ops is None, reason="the CPU kernels could not be built (no C++ compiler?)")
+
+# bf16 kernels round once where the eager ops round after each op: a few bf16 ulps apart
+TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_matches_the_eager_norm(dtype: torch.dtype, with_residual: bool) -> None:
+    norm = RMSNorm(96, 1e-5).to(dtype)
+    norm.weight.data.normal_(1.0, 0.2)
+    x = torch.randn(7, 96).to(dtype) * 3
+    residual = torch.randn(7, 96).to(dtype) if with_residual else None
+    out, total = norm(x, residual)
+    want_out, want_total = norm.forward_torch(x, residual)
+    torch.testing.assert_close(out.float(), want_out.float(), **TOLERANCE[dtype])
+    torch.testing.assert_close(total, want_total, atol=0, rtol=0)  # the add rounds exactly as eager
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_and_mul_matches_the_eager_ops_across_the_range(dtype: torch.dtype) -> None:
+    x = (torch.randn(5, 2 * 200) * 30).to(dtype)  # far into both tails of the exp
+    x[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0])
+    torch.testing.assert_close(silu_and_mul(x).float(), silu_and_mul_torch(x).float(), **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_rotates_strided_views_of_qkv_in_place(dtype: torch.dtype) -> None:
+    tokens, heads, kv_heads, dim = 6, 4, 2, 32
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim).to(dtype)
+    q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+    q, k = q.view(tokens, heads, dim), k.view(tokens, kv_heads, dim)
+    cos, sin = RotaryEmbedding(dim, 10000.0, None).cos_sin(torch.arange(100, 100 + tokens), dtype)
+    want_q, want_k, v_before = apply_rope(q, cos, sin), apply_rope(k, cos, sin), v.clone()
+    got_q, got_k = apply_rope_qk(q, k, cos, sin)
+    assert got_q.data_ptr() == q.data_ptr() and got_k.data_ptr() == k.data_ptr()
+    torch.testing.assert_close(got_q.float(), want_q.float(), **TOLERANCE[dtype])
+    torch.testing.assert_close(got_k.float(), want_k.float(), **TOLERANCE[dtype])
+    assert torch.equal(v, v_before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_decode_reads_pages_in_place_like_the_gathered_sdpa(dtype: torch.dtype) -> None:
+    md, (q, k, v, k_cache, v_cache), (qs, full_k, full_v) = make_case(torch.device("cpu"), dtype)
+    backend = TorchAttentionBackend()
+    backend.plan(md)
+    got = backend.forward(q, k, v, k_cache, v_cache)
+    nd = md.num_decode_seqs
+    want = backend._decode(q[:nd], k_cache, v_cache, backend._decode_page_table, backend._decode_max_kv,
+                           backend._decode_mask)
+    torch.testing.assert_close(got[:nd].float(), want.float(), **TOLERANCE[dtype])
+    torch.testing.assert_close(got.double(), dense_reference(qs, full_k, full_v),
+                               **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_paged_decode_at_the_unrolled_head_sizes(head_dim: int) -> None:
+    seqs, heads, kv_heads, page_size, num_pages = 5, 6, 2, 16, 40
+    g = torch.Generator().manual_seed(head_dim)
+    k_cache = torch.randn(num_pages, page_size, kv_heads, head_dim, generator=g)
+    v_cache = torch.randn(num_pages, page_size, kv_heads, head_dim, generator=g)
+    lens = torch.tensor([1, 16, 17, 40, 33])
+    table = torch.randperm(num_pages, generator=g)[:seqs * 3].view(seqs, 3).contiguous()
+    q = torch.randn(seqs, heads, head_dim, generator=g)
+    out = torch.empty_like(q)
+    ops.paged_decode_attention(q, k_cache, v_cache, table, lens, head_dim**-0.5, out)
+    for s in range(seqs):
+        slots = (table[s][:, None] * page_size + torch.arange(page_size)).flatten()[: lens[s]]
+        kk = k_cache.flatten(0, 1)[slots].repeat_interleave(heads // kv_heads, 1)
+        vv = v_cache.flatten(0, 1)[slots].repeat_interleave(heads // kv_heads, 1)
+        probs = (torch.einsum("hd,khd->hk", q[s], kk) * head_dim**-0.5).softmax(-1)
+        torch.testing.assert_close(out[s], torch.einsum("hk,khd->hd", probs, vv), atol=1e-5, rtol=1e-5)
+
+
+def test_a_tiny_model_generates_the_same_tokens_with_and_without_kernels(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    hf_model = make_hf_model()
+    prompts = [[1, 2, 3], list(range(10, 40)), [5] * 17]
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    fused = generate(make_engine(hf_model), prompts, params)
+    monkeypatch.setattr(kernels, "cpu_ops", lambda: None)
+    assert generate(make_engine(hf_model), prompts, params) == fused
+
+
+def test_the_switch_turns_the_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUSSTOP_CPU_KERNELS", "false")
+    kernels.cpu_ops.cache_clear()
+    try:
+        assert kernels.cpu_ops() is None
+    finally:
+        monkeypatch.delenv("BUSSTOP_CPU_KERNELS")
+        kernels.cpu_ops.cache_clear()
+    assert kernels.cpu_ops() is not None

@@ -1,0 +1,320 @@
+// Fused CPU kernels for the decoder's small ops and for paged decode attention.
+//
+// On a CPU at small batch the decoder's elementwise ops (RMSNorm, RoPE, SiLU*mul) cost more in
+// dispatch and memory passes than in arithmetic, and decode attention through gathered pages copies
+// every K/V row twice per layer. Each kernel here makes one pass over its data, computes in float
+// and rounds once per stored value, and reads K/V pages where they lie.
+//
+// Built at run time by worker/kernels/__init__.py (torch.utils.cpp_extension, -O3 -march=native).
+// Every op takes its outputs preallocated and returns nothing. Inner loops run over 16-float lanes
+// so the compiler vectorises them without -ffast-math.
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kLanes = 16;
+
+// Loads widen to float and stores round to nearest even. The bf16 pair works on the bits (plain
+// integer ops that vectorise); c10's own conversions branch on NaN and keep loops scalar.
+template <typename T>
+inline float to_float(T x) {
+  return static_cast<float>(x);
+}
+
+template <>
+inline float to_float(at::BFloat16 x) {
+  return __builtin_bit_cast(float, static_cast<uint32_t>(x.x) << 16);
+}
+
+template <typename T>
+inline T from_float(float f) {
+  return static_cast<T>(f);
+}
+
+template <>
+inline at::BFloat16 from_float(float f) {
+  uint32_t bits = __builtin_bit_cast(uint32_t, f);
+  bits = f != f ? 0x7FC00000u : bits + 0x7FFFu + ((bits >> 16) & 1u);
+  return at::BFloat16(static_cast<uint16_t>(bits >> 16), at::BFloat16::from_bits());
+}
+
+// exp(x) to ~2e-7 relative error, written so that loops of it vectorise (libm's exp does not):
+// x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-6 Taylor polynomial, 2^n by the exponent
+// bits. x is clamped to [-87, 88], where 2^n stays a normal float.
+inline float fast_exp(float x) {
+  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  // round to nearest by the 1.5 * 2^23 shift: std::floor would keep the loop scalar
+  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  const float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;  // ln2, hi + lo
+  const float p =
+      1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r * (1.f / 720))))));
+  return p * __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
+}
+
+// The sum of a 16-float partial, by halves so that each level is one vector add.
+inline float fold_lanes(float* part) {
+  for (int64_t width = kLanes / 2; width > 0; width /= 2) {
+    for (int64_t j = 0; j < width; ++j) part[j] += part[j + width];
+  }
+  return part[0];
+}
+
+// sum_d a[d] * b[d], a in float, b in T
+template <typename T>
+inline float dot(const float* a, const T* b, int64_t n) {
+  float part[kLanes] = {0.f};
+  int64_t d = 0;
+  for (; d + kLanes <= n; d += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) part[j] += a[d + j] * to_float(b[d + j]);
+  }
+  float sum = fold_lanes(part);
+  for (; d < n; ++d) sum += a[d] * to_float(b[d]);
+  return sum;
+}
+
+inline float lane_sum(const float* a, int64_t n) {
+  float part[kLanes] = {0.f};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) part[j] += a[i + j];
+  }
+  float sum = fold_lanes(part);
+  for (; i < n; ++i) sum += a[i];
+  return sum;
+}
+
+void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(t.stride(-1) == 1, name, " must be contiguous in its last dimension");
+}
+
+// out = rms_norm(x [+ residual]) * weight; sum_out = x + residual when residual is given.
+template <typename T>
+void add_rms_norm_rows(const at::Tensor& x, const at::Tensor* residual, const at::Tensor& weight,
+                       double eps, at::Tensor& out, at::Tensor* sum_out) {
+  const int64_t rows = x.size(0), n = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  const T* rp = residual ? residual->data_ptr<T>() : nullptr;
+  const T* wp = weight.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  T* sp = sum_out ? sum_out->data_ptr<T>() : nullptr;
+  const int64_t xs = x.stride(0), rs = residual ? residual->stride(0) : 0, os = out.stride(0);
+  const int64_t ss = sum_out ? sum_out->stride(0) : 0;
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(n);
+    for (int64_t r = begin; r < end; ++r) {
+      const T* xr = xp + r * xs;
+      float squares = 0.f;
+      for (int64_t i = 0; i < n; ++i) {
+        // Rounded to T first, as the eager add stores it: the norm reads the stored residual.
+        float v = rp ? to_float(from_float<T>(to_float(xr[i]) + to_float(rp[r * rs + i]))) : to_float(xr[i]);
+        row[i] = v;
+        squares += v * v;
+      }
+      if (sp) {
+        for (int64_t i = 0; i < n; ++i) sp[r * ss + i] = from_float<T>(row[i]);
+      }
+      const float inv = 1.f / std::sqrt(squares / static_cast<float>(n) + static_cast<float>(eps));
+      for (int64_t i = 0; i < n; ++i) {
+        op[r * os + i] = from_float<T>(to_float(wp[i]) * to_float(from_float<T>(row[i] * inv)));
+      }
+    }
+  });
+}
+
+void add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight, double eps,
+                  at::Tensor& out, at::Tensor& sum_out) {
+  check_rows(x, "x");
+  check_rows(residual, "residual");
+  TORCH_CHECK(x.dim() == 2 && residual.sizes() == x.sizes() && out.sizes() == x.sizes() &&
+                  sum_out.sizes() == x.sizes(), "add_rms_norm: x, residual, out, sum_out must be [rows, n]");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add_rms_norm", [&] {
+    add_rms_norm_rows<scalar_t>(x, &residual, weight.contiguous(), eps, out, &sum_out);
+  });
+}
+
+void rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor& out) {
+  check_rows(x, "x");
+  TORCH_CHECK(x.dim() == 2 && out.sizes() == x.sizes(), "rms_norm: x and out must be [rows, n]");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm", [&] {
+    add_rms_norm_rows<scalar_t>(x, nullptr, weight.contiguous(), eps, out, nullptr);
+  });
+}
+
+// x [tokens, heads, head_dim] rotated in place (NeoX halves); cos, sin [tokens, ..., head_dim / 2].
+template <typename T>
+void rotate_rows(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t tokens = x.size(0), heads = x.size(1), half = x.size(2) / 2;
+  T* xp = x.data_ptr<T>();
+  const T* cp = cos.data_ptr<T>();
+  const T* snp = sin.data_ptr<T>();
+  const int64_t ts = x.stride(0), hs = x.stride(1), cs = cos.stride(0), ss = sin.stride(0);
+  at::parallel_for(0, tokens * heads, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t t = i / heads, h = i % heads;
+      T* a = xp + t * ts + h * hs;
+      T* b = a + half;
+      const T* c = cp + t * cs;
+      const T* s = snp + t * ss;
+      for (int64_t d = 0; d < half; ++d) {
+        const float x1 = to_float(a[d]), x2 = to_float(b[d]), cv = to_float(c[d]), sv = to_float(s[d]);
+        a[d] = from_float<T>(x1 * cv - x2 * sv);
+        b[d] = from_float<T>(x2 * cv + x1 * sv);
+      }
+    }
+  });
+}
+
+void rotary(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin) {
+  for (at::Tensor* x : {&q, &k}) {
+    check_rows(*x, "q/k");
+    TORCH_CHECK(x->dim() == 3 && x->size(2) % 2 == 0 && x->size(0) == cos.size(0),
+                "rotary: q and k must be [tokens, heads, head_dim] with an even head_dim");
+    TORCH_CHECK(cos.scalar_type() == x->scalar_type() && sin.scalar_type() == x->scalar_type(),
+                "rotary: cos and sin must have q's dtype");
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x->scalar_type(), "rotary", [&] {
+      rotate_rows<scalar_t>(*x, cos.contiguous(), sin.contiguous());
+    });
+  }
+}
+
+// out [tokens, inter] = silu(x[:, :inter]) * x[:, inter:], x [tokens, 2 * inter].
+template <typename T>
+void silu_mul_rows(const at::Tensor& x, at::Tensor& out) {
+  const int64_t tokens = x.size(0), inter = out.size(1);
+  const T* xp = x.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int64_t xs = x.stride(0), os = out.stride(0);
+  at::parallel_for(0, tokens, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const T* g = xp + t * xs;
+      const T* u = g + inter;
+      for (int64_t i = 0; i < inter; ++i) {
+        const float gv = to_float(g[i]);
+        // silu rounded to T, then the product, as the two eager ops store them
+        op[t * os + i] = from_float<T>(to_float(from_float<T>(gv / (1.f + fast_exp(-gv)))) * to_float(u[i]));
+      }
+    }
+  });
+}
+
+void silu_and_mul(const at::Tensor& x, at::Tensor& out) {
+  check_rows(x, "x");
+  TORCH_CHECK(x.dim() == 2 && out.dim() == 2 && x.size(0) == out.size(0) && x.size(1) == 2 * out.size(1),
+              "silu_and_mul: x must be [tokens, 2 * n] and out [tokens, n]");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "silu_and_mul",
+                                  [&] { silu_mul_rows<scalar_t>(x, out); });
+}
+
+// One query per sequence against its K/V pages, read in place. q [seqs, heads, dim];
+// k_cache, v_cache [pages, page_size, kv_heads, dim]; page_table [seqs, max_pages] int64;
+// kv_lens [seqs] int64; out [seqs, heads, dim]. The query heads of one KV head are done together,
+// so each K and V row is read once.
+template <typename T, int64_t kDim>
+void decode_rows(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                 const at::Tensor& page_table, const at::Tensor& kv_lens, double scale, at::Tensor& out) {
+  const int64_t seqs = q.size(0), heads = q.size(1), dim = kDim ? kDim : q.size(2);
+  const int64_t page_size = k_cache.size(1), kv_heads = k_cache.size(2);
+  const int64_t group = heads / kv_heads, max_pages = page_table.size(1);
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k_cache.data_ptr<T>();
+  const T* vp = v_cache.data_ptr<T>();
+  const int64_t* pt = page_table.data_ptr<int64_t>();
+  const int64_t* lens = kv_lens.data_ptr<int64_t>();
+  T* op = out.data_ptr<T>();
+  const int64_t qs0 = q.stride(0), qs1 = q.stride(1), os0 = out.stride(0), os1 = out.stride(1);
+  const int64_t row = kv_heads * dim;  // one token's K (or V) across KV heads
+  at::parallel_for(0, seqs * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf(group * dim), acc(group * dim), row_f(dim), scores, inv_sum(group);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t s = task / kv_heads, h = task % kv_heads, len = lens[s];
+      const int64_t* pages = pt + s * max_pages;
+      for (int64_t g = 0; g < group; ++g) {
+        const T* qr = qp + s * qs0 + (h * group + g) * qs1;
+        for (int64_t d = 0; d < dim; ++d) qf[g * dim + d] = to_float(qr[d]) * static_cast<float>(scale);
+      }
+      scores.resize(group * len);
+      // scores[g, t] = q_g . k_t, the pages walked in order; each K row widened once for the group
+      for (int64_t start = 0; start < len; start += page_size) {
+        const T* page_k = kp + pages[start / page_size] * page_size * row + h * dim;
+        for (int64_t t = start; t < std::min(len, start + page_size); ++t) {
+          const T* kr = page_k + (t - start) * row;
+          for (int64_t d = 0; d < dim; ++d) row_f[d] = to_float(kr[d]);
+          for (int64_t g = 0; g < group; ++g) scores[g * len + t] = dot(&qf[g * dim], row_f.data(), dim);
+        }
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        float* sc = &scores[g * len];
+        const float top = len ? *std::max_element(sc, sc + len) : 0.f;
+        for (int64_t t = 0; t < len; ++t) sc[t] = fast_exp(sc[t] - top);
+        const float sum = lane_sum(sc, len);
+        inv_sum[g] = sum > 0.f ? 1.f / sum : 0.f;
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t start = 0; start < len; start += page_size) {
+        const T* page_v = vp + pages[start / page_size] * page_size * row + h * dim;
+        for (int64_t t = start; t < std::min(len, start + page_size); ++t) {
+          const T* vr = page_v + (t - start) * row;
+          for (int64_t d = 0; d < dim; ++d) row_f[d] = to_float(vr[d]);
+          for (int64_t g = 0; g < group; ++g) {
+            const float p = scores[g * len + t];
+            float* a = &acc[g * dim];
+            for (int64_t d = 0; d < dim; ++d) a[d] += p * row_f[d];
+          }
+        }
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        T* orow = op + s * os0 + (h * group + g) * os1;
+        for (int64_t d = 0; d < dim; ++d) orow[d] = from_float<T>(acc[g * dim + d] * inv_sum[g]);
+      }
+    }
+  });
+}
+
+void paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& page_table, const at::Tensor& kv_lens, double scale,
+                            at::Tensor& out) {
+  check_rows(q, "q");
+  check_rows(out, "out");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "the K/V caches must be contiguous");
+  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 4 && q.size(2) == k_cache.size(3) &&
+                  q.size(1) % k_cache.size(2) == 0 && out.sizes() == q.sizes(),
+              "paged_decode_attention: q [seqs, heads, dim], caches [pages, page_size, kv_heads, dim]");
+  TORCH_CHECK(page_table.scalar_type() == at::kLong && kv_lens.scalar_type() == at::kLong &&
+                  page_table.is_contiguous() && kv_lens.is_contiguous() && page_table.size(0) == q.size(0) &&
+                  kv_lens.size(0) == q.size(0),
+              "paged_decode_attention: page_table [seqs, max_pages] and kv_lens [seqs], contiguous int64");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
+              "paged_decode_attention: q and the caches must share a dtype");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode_attention", [&] {
+    // the common head sizes get loops of a known length, which the compiler unrolls
+    if (q.size(2) == 64) {
+      decode_rows<scalar_t, 64>(q, k_cache, v_cache, page_table, kv_lens, scale, out);
+    } else if (q.size(2) == 128) {
+      decode_rows<scalar_t, 128>(q, k_cache, v_cache, page_table, kv_lens, scale, out);
+    } else {
+      decode_rows<scalar_t, 0>(q, k_cache, v_cache, page_table, kv_lens, scale, out);
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(busstop_cpu, m) {
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps, Tensor(a!) out, "
+        "Tensor(b!) sum_out) -> ()", &add_rms_norm);
+  m.def("rms_norm(Tensor x, Tensor weight, float eps, Tensor(a!) out) -> ()", &rms_norm);
+  m.def("rotary(Tensor(a!) q, Tensor(b!) k, Tensor cos, Tensor sin) -> ()", &rotary);
+  m.def("silu_and_mul(Tensor x, Tensor(a!) out) -> ()", &silu_and_mul);
+  m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
+        "Tensor kv_lens, float scale, Tensor(a!) out) -> ()", &paged_decode_attention);
+}
