@@ -44,6 +44,7 @@ def build_engine(
     num_threads = engine_settings.num_threads or len(engine_settings.engine_cores)
     if num_threads:
         torch.set_num_threads(num_threads)
+    sys.setswitchinterval(engine_settings.gil_switch_interval_ms / 1000)
     loaded = load_model(settings, parallel)
     page_size = EngineConfig.page_size
     dtype = settings.torch_dtype()

@@ -115,3 +115,17 @@ def test_a_thread_may_move_beyond_the_affinity_it_inherited() -> None:
     thread.join()
     assert seen == [None]
     assert refused_cores(frozenset({4096})) is not None
+
+
+def test_the_worker_shortens_the_gil_switch_interval_for_its_step_thread() -> None:
+    from worker.__main__ import build_engine
+    from worker.loader import ModelSettings
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        build_engine(ModelSettings(kv_cache_bytes=8 * 1024 * 1024, dtype="float32"),
+                     engine_settings=EngineSettings(gil_switch_interval_ms=0.25))
+        assert sys.getswitchinterval() == pytest.approx(0.00025)
+    finally:
+        sys.setswitchinterval(previous)
