@@ -66,9 +66,8 @@ class TorchAttentionBackend:
             self._decode_max_kv = max(decode_lens)
             self._decode_kv_lens = torch.tensor(decode_lens, device=device)
             if min(decode_lens) != self._decode_max_kv:
-                kv_lens = torch.tensor(decode_lens, device=device)
                 slots = torch.arange(self._decode_max_kv, device=device)
-                self._decode_mask = (slots[None, :] < kv_lens[:, None])[:, None, None, :]
+                self._decode_mask = (slots[None, :] < self._decode_kv_lens[:, None])[:, None, None, :]
         self._prefills = []
         q_start = nd
         for i in range(nd, metadata.num_seqs):
