@@ -11,6 +11,21 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features``); empty where there is no cpuinfo."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:  # not Linux: no way to tell
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return frozenset(flags)
 
 
 def parse_cores(spec: str) -> frozenset[int]:

