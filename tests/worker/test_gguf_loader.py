@@ -16,6 +16,7 @@ import torch
 from worker.loader.default_model import default_gguf_path
 from worker.loader.errors import ModelLoadError
 from worker.loader.gguf_checkpoint import GGUFCheckpoint
+from worker.loader.gguf_file import GGUFFile
 from worker.loader.gguf_names import hf_name, unpermute_rows
 from worker.model.config import ModelConfig
 
@@ -159,3 +160,22 @@ def test_not_a_gguf_file(tmp_path: Path) -> None:
     expected = r"model\.gguf: truncated or corrupt GGUF file \(ValueError: GGUF magic"
     with pytest.raises(ModelLoadError, match=expected):
         GGUFCheckpoint(path)
+
+
+@pytest.mark.parametrize("which", ["default", "tiny"])
+def test_header_parse_agrees_with_the_gguf_package(which: str, tmp_path: Path) -> None:
+    """Every metadata value and every tensor view equals what the ``gguf`` package's reader gives."""
+    path = default_gguf_path() if which == "default" else tmp_path / "tiny.gguf"
+    if which == "tiny":
+        write_tiny_gguf(path)
+    ours, theirs = GGUFFile(path), gguf.GGUFReader(path)
+    their_keys = [k for k in theirs.fields if not k.startswith("GGUF.")]  # the reader's own header fields
+    assert list(ours.fields) == their_keys
+    for key in their_keys:
+        expected = theirs.fields[key].contents()
+        assert ours.fields[key] == (pytest.approx(expected) if isinstance(expected, float) else expected), key
+    assert list(ours.tensors) == [t.name for t in theirs.tensors]
+    for t in theirs.tensors:
+        mine = ours.tensors[t.name]
+        assert (mine.tensor_type, mine.shape) == (t.tensor_type, tuple(int(d) for d in t.shape))
+        assert mine.data.dtype == t.data.dtype and np.array_equal(mine.data, t.data), t.name

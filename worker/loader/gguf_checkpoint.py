@@ -1,7 +1,8 @@
 """GGUF files (llama.cpp's format): metadata -> HF config, quantized tensors -> dequantized HF tensors.
 
-The file is memory-mapped by the ``gguf`` package's reader; each tensor is dequantized only when it
-is asked for, so peak memory is the model in the serving dtype plus one float32 tensor.
+The file is memory-mapped (``gguf_file.py`` parses its header); each tensor is dequantized, by the
+``gguf`` package, only when it is asked for, so peak memory is the model in the serving dtype plus one
+float32 tensor.
 """
 
 from __future__ import annotations
@@ -11,31 +12,31 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from worker.loader.checkpoint import BaseCheckpoint
 from worker.loader.errors import ModelLoadError
+from worker.loader.gguf_file import GGUFFile
 from worker.loader.gguf_names import hf_name, permuted_heads, unpermute_rows
 
 # GGUF `general.architecture` -> HF architecture. Mistral GGUFs are written as "llama" too.
 SUPPORTED_GGUF_ARCHITECTURES: dict[str, str] = {"llama": "LlamaForCausalLM"}
 
 
-def _open_reader(path: str) -> GGUFReader:
+def _open_reader(path: str) -> GGUFFile:
     # The reader maps the whole file and views every tensor in it, so a file cut short fails here.
     try:
-        return GGUFReader(path)
+        return GGUFFile(path)
     except Exception as exc:  # ValueError, IndexError, OverflowError... depending on where the bytes end
         raise ModelLoadError(path, f"truncated or corrupt GGUF file ({type(exc).__name__}: {exc})") from None
 
 
-def _field(reader: GGUFReader, key: str) -> Any:
-    field = reader.fields.get(key)
-    return None if field is None else field.contents()
+def _field(reader: GGUFFile, key: str) -> Any:
+    return reader.fields.get(key)
 
 
-def _hf_config(reader: GGUFReader, path: str, tensor_names: set[str]) -> dict[str, Any]:
+def _hf_config(reader: GGUFFile, path: str, tensor_names: set[str]) -> dict[str, Any]:
     arch = _field(reader, "general.architecture")
     if arch not in SUPPORTED_GGUF_ARCHITECTURES:
         raise ModelLoadError(
@@ -55,7 +56,7 @@ def _hf_config(reader: GGUFReader, path: str, tensor_names: set[str]) -> dict[st
     num_heads = int(need("attention.head_count"))
     hidden_size = int(need("embedding_length"))
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab_size = _field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens else None)
+    vocab_size = _field(reader, f"{arch}.vocab_size") or (len(tokens) if tokens else None)
     if vocab_size is None:
         raise ModelLoadError(path, f"GGUF metadata lacks {arch}.vocab_size and tokenizer.ggml.tokens")
     head_dim = _field(reader, f"{arch}.attention.key_length") or hidden_size // num_heads
@@ -82,12 +83,12 @@ class GGUFCheckpoint(BaseCheckpoint):
         path = os.fspath(path)
         reader = _open_reader(path)
         self._tensors = {}
-        for t in reader.tensors:
+        for t in reader.tensors.values():
             try:
                 self._tensors[hf_name(t.name)] = t
             except ValueError as exc:
                 raise ModelLoadError(path, str(exc)) from None
-        super().__init__(path, _hf_config(reader, path, {t.name for t in reader.tensors}))
+        super().__init__(path, _hf_config(reader, path, set(reader.tensors)))
 
     def tensor_names(self) -> list[str]:
         return list(self._tensors)
