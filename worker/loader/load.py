@@ -16,6 +16,7 @@ from worker.loader.gguf_checkpoint import GGUFCheckpoint
 from worker.loader.hf_checkpoint import CONFIG_FILE, HFCheckpoint, read_json
 from worker.loader.progress import with_progress
 from worker.loader.settings import DEFAULT_MODEL_PATH, ModelSettings
+from worker.loader.tokenizer_cache import gguf_tokenizer
 from worker.model.config import ModelConfig
 from worker.model.llama import LlamaForCausalLM
 from worker.model.parallel import SINGLE, ParallelContext
@@ -54,11 +55,13 @@ def open_checkpoint(path: str) -> tuple[BaseCheckpoint, str]:
     raise ModelLoadError(path, "expected a .gguf file or a directory with config.json and *.safetensors")
 
 
-def load_tokenizer(path: str) -> Tokenizer:
+def load_tokenizer(path: str, cache_dir: str = "") -> Tokenizer:
+    """A checkpoint directory's tokenizer files, or a GGUF's vocabulary (converted once into
+    ``cache_dir``, when given)."""
     try:
         if os.path.isdir(path):
             return Tokenizer.from_pretrained(path)
-        return Tokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+        return gguf_tokenizer(path, cache_dir)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(path, f"cannot load the tokenizer ({type(exc).__name__}: {exc})") from None
 
@@ -120,7 +123,7 @@ def load_model(settings: ModelSettings, parallel: ParallelContext = SINGLE) -> L
             max_model_len = settings.resolved_max_model_len(config.max_position_embeddings)
         except ValueError as exc:
             raise ModelLoadError(config_path, str(exc)) from None
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_tokenizer(path, settings.tokenizer_cache_dir)
         try:
             # A TP rank reads only its slices of each matrix.
             weights = (

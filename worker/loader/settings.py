@@ -45,6 +45,9 @@ class ModelSettings(BaseSettings):
     # 0: the model's own context length (max_position_embeddings).
     max_model_len: int = 0
     kv_cache_bytes: int = 256 * 1024 * 1024
+    # Where a GGUF's tokenizer is kept once converted (worker/loader/tokenizer_cache.py); "" converts
+    # it on every start.
+    tokenizer_cache_dir: str = "~/.cache/busstop/tokenizers"
 
     @field_validator("name", "path")
     @classmethod
