@@ -31,6 +31,7 @@ from tests.faults.conftest import (
 )
 from tests.stack import MODEL, reply_events, req_id_of_chunk
 from worker.loader.load import load_tokenizer, resolve_path
+from worker.loader.settings import ModelSettings
 
 NUM_TOKENS = 160
 PROMPT = "Write a long poem about rivers, in English, then say it again in Japanese."
@@ -61,7 +62,7 @@ def test_a_worker_killed_inside_a_multibyte_character_resumes_at_the_exact_byte(
     """The holder is frozen (SIGSTOP) when its last written token ends inside an emoji, checked again
     while frozen, then killed: the new worker must send the rest of that emoji and nothing twice."""
     stack, store = faults.stack, faults.store
-    decode = load_tokenizer(resolve_path("default")).hf.decode
+    decode = load_tokenizer(resolve_path("default"), ModelSettings().tokenizer_cache_dir).hf.decode
     reference = faults.reference(EMOJI_PROMPT, EMOJI_TOKENS)
     assert len(reference.encode()) > 2 * len(reference)  # mostly multi-byte characters
     killed = []

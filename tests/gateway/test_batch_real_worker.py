@@ -28,6 +28,7 @@ from tests.gateway.batch_helpers import (
 from tests.gateway.conftest import make_settings
 from tests.worker.tiny_llama import make_engine, make_hf_model
 from worker.loader.load import load_tokenizer, resolve_path
+from worker.loader.settings import ModelSettings
 from worker.service.service import WorkerService
 from worker.service.settings import WorkerSettings
 
@@ -48,9 +49,8 @@ async def worker(redis_url: str, hf_model: transformers.PreTrainedModel) -> Asyn
         redis_url=redis_url, worker_id="w-batch", heartbeat_interval_s=0.2, grace_period_s=0.0
     )
     engine = make_engine(hf_model, max_num_seqs=8, num_pages=512, max_model_len=256)
-    tokenizer = load_tokenizer(
-        resolve_path("default")
-    )  # ids below 256 decode to text: enough for a tiny model
+    # ids below 256 decode to text: enough for a tiny model
+    tokenizer = load_tokenizer(resolve_path("default"), ModelSettings().tokenizer_cache_dir)
     service = WorkerService(settings, redis, MODEL, engine, tokenizer, max_model_len=256, vocab_size=256)
     run = asyncio.create_task(service.run())
     try:
