@@ -72,23 +72,27 @@ def test_paged_decode_reads_pages_in_place_like_the_gathered_sdpa(dtype: torch.d
                                **TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_paged_decode_at_the_unrolled_head_sizes(head_dim: int) -> None:
-    seqs, heads, kv_heads, page_size, num_pages = 5, 6, 2, 16, 40
-    g = torch.Generator().manual_seed(head_dim)
-    k_cache = torch.randn(num_pages, page_size, kv_heads, head_dim, generator=g)
-    v_cache = torch.randn(num_pages, page_size, kv_heads, head_dim, generator=g)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [1, 3, 8, 9])  # query heads per KV head; bf16 unrolls 1-8
+@pytest.mark.parametrize("head_dim", [64, 128, 48])  # 64 and 128 unrolled, 48 the generic loop
+def test_paged_decode_at_each_head_size_and_group(head_dim: int, group: int, dtype: torch.dtype) -> None:
+    seqs, kv_heads, page_size, num_pages = 5, 2, 16, 40
+    heads = group * kv_heads
+    g = torch.Generator().manual_seed(head_dim * group)
+    k_cache = torch.randn(num_pages, page_size, kv_heads, head_dim, generator=g).to(dtype)
+    v_cache = torch.randn(num_pages, page_size, kv_heads, head_dim, generator=g).to(dtype)
     lens = torch.tensor([1, 16, 17, 40, 33])
     table = torch.randperm(num_pages, generator=g)[:seqs * 3].view(seqs, 3).contiguous()
-    q = torch.randn(seqs, heads, head_dim, generator=g)
+    q = torch.randn(seqs, heads, head_dim, generator=g).to(dtype)
     out = torch.empty_like(q)
     ops.paged_decode_attention(q, k_cache, v_cache, table, lens, head_dim**-0.5, out)
-    for s in range(seqs):
+    for s in range(seqs):  # in float64, from the same (rounded) inputs
         slots = (table[s][:, None] * page_size + torch.arange(page_size)).flatten()[: lens[s]]
-        kk = k_cache.flatten(0, 1)[slots].repeat_interleave(heads // kv_heads, 1)
-        vv = v_cache.flatten(0, 1)[slots].repeat_interleave(heads // kv_heads, 1)
-        probs = (torch.einsum("hd,khd->hk", q[s], kk) * head_dim**-0.5).softmax(-1)
-        torch.testing.assert_close(out[s], torch.einsum("hk,khd->hd", probs, vv), atol=1e-5, rtol=1e-5)
+        kk = k_cache.flatten(0, 1)[slots].double().repeat_interleave(group, 1)
+        vv = v_cache.flatten(0, 1)[slots].double().repeat_interleave(group, 1)
+        probs = (torch.einsum("hd,khd->hk", q[s].double(), kk) * head_dim**-0.5).softmax(-1)
+        want = torch.einsum("hk,khd->hd", probs, vv)
+        torch.testing.assert_close(out[s].double(), want, **TOLERANCE[dtype])
 
 
 def test_a_tiny_model_generates_the_same_tokens_with_and_without_kernels(

@@ -19,6 +19,10 @@
 #include <cstdint>
 #include <vector>
 
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int64_t kLanes = 16;
@@ -280,6 +284,106 @@ void decode_rows(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
   });
 }
 
+#if defined(__AVX512BF16__)
+// decode_rows for bf16 on CPUs with AVX512-BF16, a task per (sequence, KV head) as above, with the
+// group's accumulators in registers: each q.k is VDPBF16PS over the row (bf16 products are exact in
+// float, summed in float), each V row is widened once and added into all kGroup outputs. The scale
+// is applied to the float scores, so q is used as stored.
+template <int64_t kDim, int64_t kGroup>
+void decode_rows_bf16(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                      const at::Tensor& page_table, const at::Tensor& kv_lens, double scale, at::Tensor& out) {
+  static_assert(kDim % 32 == 0, "rows are read 32 bf16 at a time");
+  constexpr int64_t kPairs = kDim / 32, kVecs = kDim / 16;
+  const int64_t seqs = q.size(0), page_size = k_cache.size(1), kv_heads = k_cache.size(2);
+  const int64_t max_pages = page_table.size(1), row = kv_heads * kDim;
+  const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>());
+  const auto* kp = reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>());
+  const auto* vp = reinterpret_cast<const uint16_t*>(v_cache.data_ptr<at::BFloat16>());
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int64_t* pt = page_table.data_ptr<int64_t>();
+  const int64_t* lens = kv_lens.data_ptr<int64_t>();
+  const int64_t qs0 = q.stride(0), qs1 = q.stride(1), os0 = out.stride(0), os1 = out.stride(1);
+  const float fscale = static_cast<float>(scale);
+  at::parallel_for(0, seqs * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t s = task / kv_heads, h = task % kv_heads, len = lens[s];
+      const int64_t* pages = pt + s * max_pages;
+      __m512bh qv[kGroup][kPairs];
+      for (int64_t g = 0; g < kGroup; ++g) {
+        const uint16_t* qr = qp + s * qs0 + (h * kGroup + g) * qs1;
+        for (int64_t c = 0; c < kPairs; ++c) qv[g][c] = (__m512bh)_mm512_loadu_si512(qr + 32 * c);
+      }
+      scores.resize(kGroup * len);
+      for (int64_t start = 0; start < len; start += page_size) {
+        const uint16_t* page_k = kp + pages[start / page_size] * page_size * row + h * kDim;
+        for (int64_t t = start; t < std::min(len, start + page_size); ++t) {
+          const uint16_t* kr = page_k + (t - start) * row;
+          __m512bh kv[kPairs];
+          for (int64_t c = 0; c < kPairs; ++c) kv[c] = (__m512bh)_mm512_loadu_si512(kr + 32 * c);
+          for (int64_t g = 0; g < kGroup; ++g) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t c = 0; c < kPairs; ++c) acc = _mm512_dpbf16_ps(acc, qv[g][c], kv[c]);
+            scores[g * len + t] = _mm512_reduce_add_ps(acc) * fscale;
+          }
+        }
+      }
+      float inv_sum[kGroup];
+      for (int64_t g = 0; g < kGroup; ++g) {
+        float* sc = &scores[g * len];
+        const float top = len ? *std::max_element(sc, sc + len) : 0.f;
+        for (int64_t t = 0; t < len; ++t) sc[t] = fast_exp(sc[t] - top);
+        const float sum = lane_sum(sc, len);
+        inv_sum[g] = sum > 0.f ? 1.f / sum : 0.f;
+      }
+      __m512 acc[kGroup][kVecs];
+      for (int64_t g = 0; g < kGroup; ++g)
+        for (int64_t c = 0; c < kVecs; ++c) acc[g][c] = _mm512_setzero_ps();
+      for (int64_t start = 0; start < len; start += page_size) {
+        const uint16_t* page_v = vp + pages[start / page_size] * page_size * row + h * kDim;
+        for (int64_t t = start; t < std::min(len, start + page_size); ++t) {
+          const uint16_t* vr = page_v + (t - start) * row;
+          __m512 vf[kVecs];
+          for (int64_t c = 0; c < kVecs; ++c) {
+            const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vr + 16 * c));
+            vf[c] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+          }
+          for (int64_t g = 0; g < kGroup; ++g) {
+            const __m512 p = _mm512_set1_ps(scores[g * len + t]);
+            for (int64_t c = 0; c < kVecs; ++c) acc[g][c] = _mm512_fmadd_ps(p, vf[c], acc[g][c]);
+          }
+        }
+      }
+      for (int64_t g = 0; g < kGroup; ++g) {
+        uint16_t* orow = op + s * os0 + (h * kGroup + g) * os1;
+        float tmp[kDim];
+        for (int64_t c = 0; c < kVecs; ++c)
+          _mm512_storeu_ps(tmp + 16 * c, _mm512_mul_ps(acc[g][c], _mm512_set1_ps(inv_sum[g])));
+        for (int64_t d = 0; d < kDim; ++d) orow[d] = from_float<at::BFloat16>(tmp[d]).x;
+      }
+    }
+  });
+}
+
+// The unrolled bf16 kernel for this head size and group, when there is one.
+template <int64_t kDim>
+bool decode_bf16_unrolled(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                          const at::Tensor& page_table, const at::Tensor& kv_lens, double scale,
+                          at::Tensor& out) {
+  switch (q.size(1) / k_cache.size(2)) {
+#define BUSSTOP_GROUP(G) \
+  case G:                \
+    decode_rows_bf16<kDim, G>(q, k_cache, v_cache, page_table, kv_lens, scale, out); \
+    return true;
+    BUSSTOP_GROUP(1) BUSSTOP_GROUP(2) BUSSTOP_GROUP(3) BUSSTOP_GROUP(4)
+    BUSSTOP_GROUP(5) BUSSTOP_GROUP(6) BUSSTOP_GROUP(7) BUSSTOP_GROUP(8)
+#undef BUSSTOP_GROUP
+    default:
+      return false;
+  }
+}
+#endif
+
 void paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& page_table, const at::Tensor& kv_lens, double scale,
                             at::Tensor& out) {
@@ -295,6 +399,13 @@ void paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
               "paged_decode_attention: page_table [seqs, max_pages] and kv_lens [seqs], contiguous int64");
   TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
               "paged_decode_attention: q and the caches must share a dtype");
+#if defined(__AVX512BF16__)
+  if (q.scalar_type() == at::kBFloat16 && q.stride(2) == 1 && out.stride(2) == 1 &&
+      ((q.size(2) == 64 && decode_bf16_unrolled<64>(q, k_cache, v_cache, page_table, kv_lens, scale, out)) ||
+       (q.size(2) == 128 && decode_bf16_unrolled<128>(q, k_cache, v_cache, page_table, kv_lens, scale, out)))) {
+    return;
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode_attention", [&] {
     // the common head sizes get loops of a known length, which the compiler unrolls
     if (q.size(2) == 64) {
