@@ -10,6 +10,7 @@ from tests.worker.test_attention import dense_reference, make_case
 from tests.worker.tiny_llama import make_engine, make_hf_model
 from worker.engine.attention import TorchAttentionBackend
 from worker.engine.engine import generate
+from worker.engine.sampler import argmax_rows
 from worker.engine.sampling_params import SamplingParams
 from worker.model.layers.activation import silu_and_mul, silu_and_mul_torch
 from worker.model.layers.norm import RMSNorm
@@ -114,3 +115,21 @@ def test_the_switch_turns_the_kernels_off(monkeypatch: pytest.MonkeyPatch) -> No
         monkeypatch.delenv("BUSSTOP_CPU_KERNELS")
         kernels.cpu_ops.cache_clear()
     assert kernels.cpu_ops() is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n", [1, 7, 16, 49, 49152])  # inside one lane block, ragged tails, a vocabulary
+def test_argmax_is_torchs_first_maximum(dtype: torch.dtype, n: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(8, n + 3, generator=g).to(dtype)[:, 2 : n + 2]  # rows strided wider than n
+    x[1] = x[1].round()  # many ties
+    x[2, n // 2 :] = x[2].max()  # the maximum repeated from the middle: the first one counts
+    x[3] = float("-inf")  # a fully masked row
+    x[4, n // 3] = float("nan")
+    x[4, -1] = float("nan")  # the first NaN counts, as in torch
+    x[5] = 0.0
+    x[6, -1] = float("inf")
+    got = torch.empty(8, dtype=torch.long)
+    ops.argmax(x, got)
+    assert got.tolist() == x.argmax(-1).tolist()
+    assert argmax_rows(x).tolist() == got.tolist()  # what the sampler calls

@@ -17,9 +17,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -96,6 +97,17 @@ inline float lane_sum(const float* a, int64_t n) {
   return sum;
 }
 
+inline float lane_sum_squares(const float* a, int64_t n) {
+  float part[kLanes] = {0.f};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) part[j] += a[i + j] * a[i + j];
+  }
+  float sum = fold_lanes(part);
+  for (; i < n; ++i) sum += a[i] * a[i];
+  return sum;
+}
+
 void check_rows(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
   TORCH_CHECK(t.stride(-1) == 1, name, " must be contiguous in its last dimension");
@@ -117,13 +129,15 @@ void add_rms_norm_rows(const at::Tensor& x, const at::Tensor* residual, const at
     std::vector<float> row(n);
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = xp + r * xs;
-      float squares = 0.f;
-      for (int64_t i = 0; i < n; ++i) {
+      float* rowp = row.data();
+      if (rp) {
+        const T* rr = rp + r * rs;
         // Rounded to T first, as the eager add stores it: the norm reads the stored residual.
-        float v = rp ? to_float(from_float<T>(to_float(xr[i]) + to_float(rp[r * rs + i]))) : to_float(xr[i]);
-        row[i] = v;
-        squares += v * v;
+        for (int64_t i = 0; i < n; ++i) rowp[i] = to_float(from_float<T>(to_float(xr[i]) + to_float(rr[i])));
+      } else {
+        for (int64_t i = 0; i < n; ++i) rowp[i] = to_float(xr[i]);
       }
+      const float squares = lane_sum_squares(row.data(), n);
       if (sp) {
         for (int64_t i = 0; i < n; ++i) sp[r * ss + i] = from_float<T>(row[i]);
       }
@@ -418,6 +432,81 @@ void paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   });
 }
 
+#if defined(__AVX512F__)
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::BFloat16* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+inline __m512 load16(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+#endif
+
+// The index of the largest of xr[0, n): the first of equal ones, and the first NaN where there is
+// one, as torch.argmax. Two passes: the maximum (NaN noted aside), then the first place it occurs.
+template <typename T>
+int64_t argmax_row(const T* xr, int64_t n) {
+  float top = -INFINITY;
+  bool nan = false;
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  if constexpr (!std::is_same_v<T, double>) {
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    __mmask16 unordered = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      const __m512 v = load16(xr + i);
+      best = _mm512_max_ps(best, v);
+      unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    }
+    top = _mm512_reduce_max_ps(best);
+    nan = unordered != 0;
+  }
+#endif
+  for (int64_t t = i; t < n; ++t) {
+    const float v = to_float(xr[t]);
+    top = v > top ? v : top;
+    nan |= v != v;
+  }
+  int64_t at = 0;
+  if (nan) {
+    while (to_float(xr[at]) == to_float(xr[at])) ++at;
+    return at;
+  }
+#if defined(__AVX512F__)
+  if constexpr (!std::is_same_v<T, double>) {
+    const __m512 wanted = _mm512_set1_ps(top);
+    for (; at + kLanes <= n; at += kLanes) {
+      const __mmask16 hit = _mm512_cmp_ps_mask(load16(xr + at), wanted, _CMP_EQ_OQ);
+      if (hit) return at + __builtin_ctz(hit);
+    }
+  }
+#endif
+  for (; at < n; ++at) {
+    if (to_float(xr[at]) == top) return at;
+  }
+  return 0;  // an empty row
+}
+
+template <typename T>
+void argmax_rows(const at::Tensor& x, at::Tensor& out) {
+  const int64_t rows = x.size(0), n = x.size(1), xs = x.stride(0);
+  const T* xp = x.data_ptr<T>();
+  int64_t* op = out.data_ptr<int64_t>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) op[r] = argmax_row(xp + r * xs, n);
+  });
+}
+
+void argmax(const at::Tensor& x, at::Tensor& out) {
+  check_rows(x, "x");
+  TORCH_CHECK(x.dim() == 2 && out.dim() == 1 && out.size(0) == x.size(0) && out.scalar_type() == at::kLong &&
+                  out.is_contiguous() && x.size(1) < (int64_t(1) << 31),
+              "argmax: x [rows, n] and out [rows] int64");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "argmax",
+                                  [&] { argmax_rows<scalar_t>(x, out); });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(busstop_cpu, m) {
@@ -428,4 +517,5 @@ TORCH_LIBRARY(busstop_cpu, m) {
   m.def("silu_and_mul(Tensor x, Tensor(a!) out) -> ()", &silu_and_mul);
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
         "Tensor kv_lens, float scale, Tensor(a!) out) -> ()", &paged_decode_attention);
+  m.def("argmax(Tensor x, Tensor(a!) out) -> ()", &argmax);
 }
