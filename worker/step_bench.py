@@ -2,8 +2,10 @@
 
 The floor is the same model's linear layers (every layer's qkv, o, gate_up and down projections,
 then the LM head on each sequence's row) run back to back on random activations of the batch's
-shape, in the same process, dtype and thread count as the step they are compared with. A step can
-not beat it on this kernel choice; what lies above it is attention, the small ops and Python.
+shape, in the same process, dtype and thread count as the step they are compared with, through the
+same function the layers call (``worker.kernels.linear``: the small-batch bf16 kernel where it
+serves, else ``F.linear``). A step can not beat it on this kernel choice; what lies above it is
+attention, the small ops and Python.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 
 from worker.engine.config import EngineConfig
 from worker.engine.engine import Engine
 from worker.engine.sampling_params import SamplingParams
+from worker.kernels import linear
 from worker.model.llama import LlamaDecoderLayer, LlamaForCausalLM
 
 
@@ -60,7 +62,7 @@ def linear_floor_ms(model: LlamaForCausalLM, batch: int, reps: int = 20) -> floa
 
     def matmuls() -> None:
         for x, w in zip(inputs, weights, strict=True):
-            F.linear(x, w)
+            linear(x, w)
 
     matmuls()
     return _median_ms(matmuls, reps)

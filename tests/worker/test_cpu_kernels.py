@@ -133,3 +133,23 @@ def test_argmax_is_torchs_first_maximum(dtype: torch.dtype, n: int) -> None:
     ops.argmax(x, got)
     assert got.tolist() == x.argmax(-1).tolist()
     assert argmax_rows(x).tolist() == got.tolist()  # what the sampler calls
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("in_features", [576, 33])  # whole 32-wide blocks, and a masked tail
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_small_linear_matches_f_linear(rows: int, in_features: int, with_bias: bool) -> None:
+    bf16 = dict(dtype=torch.bfloat16)
+    if not ops.small_linear_fits(torch.zeros(1, 32, **bf16), torch.zeros(8, 32, **bf16)):
+        pytest.skip("this CPU has no AVX512-BF16: linear() keeps F.linear")
+    g = torch.Generator().manual_seed(rows * in_features)
+    w = torch.randn(300, in_features, generator=g).bfloat16()
+    x = torch.randn(rows, in_features + 5, generator=g).bfloat16()[:, 3 : in_features + 3]  # strided rows
+    bias = torch.randn(300, generator=g).bfloat16() if with_bias else None
+    got = kernels.linear(x, w, bias)
+    want = torch.nn.functional.linear(x.double(), w.double(), None if bias is None else bias.double())
+    torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)  # products exact, one rounding
+    # what it does not serve goes to F.linear: five rows, float32
+    assert not ops.small_linear_fits(torch.zeros(5, 32, dtype=torch.bfloat16), w[:, :32].contiguous())
+    assert not ops.small_linear_fits(x.float(), w.float())
+    assert torch.equal(kernels.linear(x.float(), w.float()), torch.nn.functional.linear(x.float(), w.float()))

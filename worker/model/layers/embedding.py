@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worker.kernels import linear
 from worker.model.parallel import SINGLE, ParallelContext
 
 
@@ -45,6 +46,6 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Logits over the vocabulary; tied heads share the embedding's weight tensor."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)  # [num_seqs, num_rows_per_rank]
+        logits = linear(hidden, self.weight)  # [num_seqs, num_rows_per_rank]
         logits = self.parallel.all_gather(logits, dim=-1)
         return logits[:, : self.vocab_size]

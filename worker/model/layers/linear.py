@@ -9,9 +9,9 @@ features and all-reduce their output; that all-reduce is the only collective in 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from worker.kernels import linear
 from worker.model.parallel import SINGLE, ParallelContext
 
 
@@ -48,7 +48,7 @@ class ColumnParallelLinear(nn.Module):
         _copy_checked(param, loaded.narrow(0, self.parallel.rank * n, n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)  # [num_tokens, out_features_per_rank]
+        return linear(x, self.weight, self.bias)  # [num_tokens, out_features_per_rank]
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -120,5 +120,5 @@ class RowParallelLinear(nn.Module):
         _copy_checked(param, loaded.narrow(1, self.parallel.rank * n, n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.parallel.all_reduce(F.linear(x, self.weight))  # [num_tokens, out_features]
+        y = self.parallel.all_reduce(linear(x, self.weight))  # [num_tokens, out_features]
         return y if self.bias is None else y + self.bias
