@@ -21,7 +21,7 @@ import torch
 from worker.engine.config import EngineConfig
 from worker.engine.engine import Engine
 from worker.engine.sampling_params import SamplingParams
-from worker.kernels import linear
+from worker.kernels.linear import linear
 from worker.model.llama import LlamaDecoderLayer, LlamaForCausalLM
 
 

@@ -6,12 +6,14 @@ import pytest
 import torch
 
 import worker.kernels as kernels
+import worker.kernels.linear as linear_module
 from tests.worker.test_attention import dense_reference, make_case
 from tests.worker.tiny_llama import make_engine, make_hf_model
 from worker.engine.attention import TorchAttentionBackend
 from worker.engine.engine import generate
 from worker.engine.sampler import argmax_rows
 from worker.engine.sampling_params import SamplingParams
+from worker.kernels.linear import linear
 from worker.model.layers.activation import silu_and_mul, silu_and_mul_torch
 from worker.model.layers.norm import RMSNorm
 from worker.model.rope import RotaryEmbedding, apply_rope, apply_rope_qk
@@ -138,7 +140,7 @@ def test_argmax_is_torchs_first_maximum(dtype: torch.dtype, n: int) -> None:
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
 @pytest.mark.parametrize("in_features", [576, 33])  # whole 32-wide blocks, and a masked tail
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_small_linear_matches_f_linear(rows: int, in_features: int, with_bias: bool) -> None:
+def test_small_linear_matches_a_float64_product(rows: int, in_features: int, with_bias: bool) -> None:
     bf16 = dict(dtype=torch.bfloat16)
     if not ops.small_linear_fits(torch.zeros(1, 32, **bf16), torch.zeros(8, 32, **bf16)):
         pytest.skip("this CPU has no AVX512-BF16: linear() keeps F.linear")
@@ -146,10 +148,24 @@ def test_small_linear_matches_f_linear(rows: int, in_features: int, with_bias: b
     w = torch.randn(300, in_features, generator=g).bfloat16()
     x = torch.randn(rows, in_features + 5, generator=g).bfloat16()[:, 3 : in_features + 3]  # strided rows
     bias = torch.randn(300, generator=g).bfloat16() if with_bias else None
-    got = kernels.linear(x, w, bias)
+    got = torch.empty(rows, 300, **bf16)
+    ops.small_linear(x, w, bias, got)
     want = torch.nn.functional.linear(x.double(), w.double(), None if bias is None else bias.double())
     torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)  # products exact, one rounding
-    # what it does not serve goes to F.linear: five rows, float32
-    assert not ops.small_linear_fits(torch.zeros(5, 32, dtype=torch.bfloat16), w[:, :32].contiguous())
+    assert not ops.small_linear_fits(torch.zeros(5, 32, **bf16), w[:, :32].contiguous())  # five rows
     assert not ops.small_linear_fits(x.float(), w.float())
-    assert torch.equal(kernels.linear(x.float(), w.float()), torch.nn.functional.linear(x.float(), w.float()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 3, 4, 16, 70])  # the small kernel, then oneDNN's packed weights
+def test_linear_at_every_batch_size_is_f_linear(dtype: torch.dtype, rows: int) -> None:
+    g = torch.Generator().manual_seed(rows)
+    w = torch.nn.Parameter(torch.randn(200, 96, generator=g).to(dtype), requires_grad=False)
+    bias = torch.randn(200, generator=g).to(dtype)
+    x = torch.randn(rows, 96, generator=g).to(dtype)
+    for b in (None, bias):
+        got = linear(x, w, b)
+        want = torch.nn.functional.linear(x, w, b)
+        torch.testing.assert_close(got.float(), want.float(), **TOLERANCE[dtype])
+        assert torch.equal(linear(x, w, b), got)  # again, through the kept reordered copy
+    assert hasattr(w, linear_module._PACKED) == (rows >= linear_module.PACKED_MIN_ROWS)

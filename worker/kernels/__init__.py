@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.engine.cpu_cores import cpu_flags
@@ -63,19 +62,3 @@ def cpu_ops() -> Any | None:
 def cpu_ops_for(x: torch.Tensor) -> Any | None:
     """The kernels when ``x`` lives on the CPU, else None."""
     return cpu_ops() if x.device.type == "cpu" else None
-
-
-# Rows up to which ``linear`` takes the small-batch kernel: past them oneDNN's GEMM wins.
-SMALL_LINEAR_MAX_ROWS = 4
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``; in bf16 on a CPU with AVX512-BF16, for at most ``SMALL_LINEAR_MAX_ROWS`` rows (decode
-    at a small batch), the ``small_linear`` kernel, which streams the weights about 1.5x faster."""
-    if (x.dtype == torch.bfloat16 and x.dim() == 2 and x.shape[0] <= SMALL_LINEAR_MAX_ROWS
-            and x.device.type == "cpu" and (ops := cpu_ops()) is not None
-            and ops.small_linear_fits(x, weight)):
-        out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
-        ops.small_linear(x, weight, bias, out)
-        return out
-    return F.linear(x, weight, bias)

@@ -68,7 +68,8 @@ async def test_a_step_of_many_requests_is_one_script_call_with_one_owner_read(re
     assert await step.write(redis, "w") == set()
 
     stats = await redis.info("commandstats")
-    calls = {n.removeprefix("cmdstat_"): int(v["calls"]) for n, v in stats.items() if n != "cmdstat_config"}
+    calls = {n.removeprefix("cmdstat_"): int(v["calls"]) for n, v in stats.items()
+             if not n.startswith("cmdstat_config")}  # Redis 7 counts config|resetstat
     assert calls == {"evalsha": 1, "mget": 1, "xadd": 40}  # no per-request GET, SET or EXPIRE mid-reply
     assert [e.text for e in await events(redis, "r39")] == ["", "39"]
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.kernels import linear
+from worker.kernels.linear import linear
 from worker.model.parallel import SINGLE, ParallelContext
 
 

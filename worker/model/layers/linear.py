@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from worker.kernels import linear
+from worker.kernels.linear import linear
 from worker.model.parallel import SINGLE, ParallelContext
 
 
