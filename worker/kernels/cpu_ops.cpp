@@ -234,6 +234,15 @@ void silu_and_mul(const at::Tensor& x, at::Tensor& out) {
                                   [&] { silu_mul_rows<scalar_t>(x, out); });
 }
 
+// sc[0, len) -> exp(sc - max), in place; returns 1 / their sum (0 for an empty row), the softmax's
+// normaliser, applied to the outputs once instead of to every score.
+inline float softmax_numerators(float* sc, int64_t len) {
+  const float top = len ? *std::max_element(sc, sc + len) : 0.f;
+  for (int64_t t = 0; t < len; ++t) sc[t] = fast_exp(sc[t] - top);
+  const float sum = lane_sum(sc, len);
+  return sum > 0.f ? 1.f / sum : 0.f;
+}
+
 // One query per sequence against its K/V pages, read in place. q [seqs, heads, dim];
 // k_cache, v_cache [pages, page_size, kv_heads, dim]; page_table [seqs, max_pages] int64;
 // kv_lens [seqs] int64; out [seqs, heads, dim]. The query heads of one KV head are done together,
@@ -271,13 +280,7 @@ void decode_rows(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
           for (int64_t g = 0; g < group; ++g) scores[g * len + t] = dot(&qf[g * dim], row_f.data(), dim);
         }
       }
-      for (int64_t g = 0; g < group; ++g) {
-        float* sc = &scores[g * len];
-        const float top = len ? *std::max_element(sc, sc + len) : 0.f;
-        for (int64_t t = 0; t < len; ++t) sc[t] = fast_exp(sc[t] - top);
-        const float sum = lane_sum(sc, len);
-        inv_sum[g] = sum > 0.f ? 1.f / sum : 0.f;
-      }
+      for (int64_t g = 0; g < group; ++g) inv_sum[g] = softmax_numerators(&scores[g * len], len);
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t start = 0; start < len; start += page_size) {
         const T* page_v = vp + pages[start / page_size] * page_size * row + h * dim;
@@ -344,13 +347,7 @@ void decode_rows_bf16(const at::Tensor& q, const at::Tensor& k_cache, const at::
         }
       }
       float inv_sum[kGroup];
-      for (int64_t g = 0; g < kGroup; ++g) {
-        float* sc = &scores[g * len];
-        const float top = len ? *std::max_element(sc, sc + len) : 0.f;
-        for (int64_t t = 0; t < len; ++t) sc[t] = fast_exp(sc[t] - top);
-        const float sum = lane_sum(sc, len);
-        inv_sum[g] = sum > 0.f ? 1.f / sum : 0.f;
-      }
+      for (int64_t g = 0; g < kGroup; ++g) inv_sum[g] = softmax_numerators(&scores[g * len], len);
       __m512 acc[kGroup][kVecs];
       for (int64_t g = 0; g < kGroup; ++g)
         for (int64_t c = 0; c < kVecs; ++c) acc[g][c] = _mm512_setzero_ps();
