@@ -169,3 +169,7 @@ def test_linear_at_every_batch_size_is_f_linear(dtype: torch.dtype, rows: int) -
         torch.testing.assert_close(got.float(), want.float(), **TOLERANCE[dtype])
         assert torch.equal(linear(x, w, b), got)  # again, through the kept reordered copy
     assert hasattr(w, linear_module._PACKED) == (rows >= linear_module.PACKED_MIN_ROWS)
+    with torch.no_grad():  # a weight written in place (as the loaders do) is reordered again, not stale
+        w.mul_(-1.0)
+    torch.testing.assert_close(linear(x, w).float(), torch.nn.functional.linear(x, w).float(),
+                               **TOLERANCE[dtype])

@@ -21,7 +21,7 @@ from worker.kernels import cpu_ops
 SMALL_ROWS = 3
 PACKED_MIN_ROWS = SMALL_ROWS + 1
 _PACKED_DTYPES = (torch.bfloat16, torch.float32)
-_PACKED = "_busstop_onednn_packed"  # the attribute that holds a weight's reordered copy
+_PACKED = "_busstop_onednn_packed"  # the attribute that holds (weight version, reordered copy)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,10 +41,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def _packed(weight: torch.Tensor) -> torch.Tensor | None:
-    """The weight's oneDNN-reordered copy, made on first use; None where oneDNN cannot take it."""
-    packed = getattr(weight, _PACKED, None)
-    usable = weight.dtype in _PACKED_DTYPES and weight.dim() == 2 and torch.backends.mkldnn.is_available()
-    if packed is None and usable:
+    """The weight's oneDNN-reordered copy, made on first use and again after the weight was written
+    in place (its version counter moved); None where oneDNN cannot take it (its bf16 path needs
+    AVX-512 or AVX-NE-CONVERT: on an AVX2-only CPU it refuses, and ``F.linear`` runs instead)."""
+    kept = getattr(weight, _PACKED, None)
+    if kept is not None and kept[0] == weight._version:
+        return kept[1]
+    if weight.dtype not in _PACKED_DTYPES or weight.dim() != 2 or not torch.backends.mkldnn.is_available():
+        return None
+    packed: torch.Tensor | None
+    try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
-        setattr(weight, _PACKED, packed)
+    except RuntimeError:
+        packed = None
+    setattr(weight, _PACKED, (weight._version, packed))
     return packed

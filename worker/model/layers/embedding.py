@@ -30,7 +30,8 @@ class VocabParallelEmbedding(nn.Module):
             raise ValueError(f"embedding shape {tuple(loaded.shape)} does not match "
                              f"({self.vocab_size}, {param.shape[1]})")
         rows = loaded[self.vocab_start:self.vocab_start + self.num_rows_per_rank]
-        param.data[: rows.shape[0]].copy_(rows)
+        with torch.no_grad():  # through the parameter: its version counter moves (worker/kernels/linear.py)
+            param[: rows.shape[0]].copy_(rows)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.parallel.world_size == 1:

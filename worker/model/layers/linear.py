@@ -18,7 +18,8 @@ from worker.model.parallel import SINGLE, ParallelContext
 def _copy_checked(param: torch.Tensor, loaded: torch.Tensor) -> None:
     if param.shape != loaded.shape:
         raise ValueError(f"weight shape {tuple(loaded.shape)} does not match parameter {tuple(param.shape)}")
-    param.data.copy_(loaded)
+    with torch.no_grad():  # in place through the parameter, so its version counter moves
+        param.copy_(loaded)
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
@@ -67,7 +68,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         index = int(shard_id)
         n = self.part_sizes_per_rank[index]
         offset = sum(self.part_sizes_per_rank[:index])
-        _copy_checked(param.data.narrow(0, offset, n), loaded.narrow(0, self.parallel.rank * n, n))
+        _copy_checked(param.narrow(0, offset, n), loaded.narrow(0, self.parallel.rank * n, n))
 
 
 class QKVParallelLinear(MergedColumnParallelLinear):
@@ -96,7 +97,7 @@ class QKVParallelLinear(MergedColumnParallelLinear):
         n = self.part_sizes_per_rank[index]
         offset = sum(self.part_sizes_per_rank[:index])
         start = self.kv_head_start * self.head_dim
-        _copy_checked(param.data.narrow(0, offset, n), loaded.narrow(0, start, n))
+        _copy_checked(param.narrow(0, offset, n), loaded.narrow(0, start, n))
 
 
 class RowParallelLinear(nn.Module):
