@@ -41,15 +41,16 @@ class BatchRunner:
         self._settings = settings
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
-        # Set by stop(): redis-py can swallow a cancel that lands inside a connection handshake.
-        self._is_stopping = False
+        # Set by stop(): redis-py can swallow a cancel that lands inside a connection handshake, and
+        # the poll loop's wait then ends at once rather than a whole poll later.
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name="batch-runner")
 
     async def stop(self) -> None:
         """Stop driving batches and hand their leases back, so another replica resumes them at once."""
-        self._is_stopping = True
+        self._stopping.set()
         tasks = [t for t in (self._loop_task, *self._running.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -62,14 +63,15 @@ class BatchRunner:
         return sorted(self._running)
 
     async def _loop(self) -> None:
-        while not self._is_stopping:
+        while not self._stopping.is_set():
             try:
                 await self._take_free_batches()
             except TRANSIENT_ERRORS as exc:  # Redis down for a moment: try again at the next poll
                 logger.warning("batch runner poll failed: %s: %s", type(exc).__name__, exc)
             except Exception:
                 logger.exception("batch runner poll failed")
-            await asyncio.sleep(self._settings.batch_poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._settings.batch_poll_s)
 
     async def _take_free_batches(self) -> None:
         for batch_id in await self._store.runnable_ids():
