@@ -156,9 +156,11 @@ RECLAIM_MIN_IDLE_MS = 30_000
 
 
 # Gateways: each replica keeps a liveness key (GATEWAY_TTL_S, renewed every GATEWAY_BEAT_S from its
-# own thread). Workers abort the requests of a gateway whose key is gone: nobody reads their replies.
-# All in one slot ({gateways}), so on a cluster the check that finds keys gone also finds their node
-# failing over (a Redis error), and the keys get a beat to come back before anyone is judged dead.
+# own thread). Workers abort the requests of a gateway whose keys are all gone: nobody reads their
+# replies. On a cluster a failover can outlast the TTL (the replica takes over a key that lapsed while
+# its gateway could not reach the failed node) and the cluster client's own retries can hide the
+# failover from the worker that checks, so there each gateway also keeps a twin key on another
+# primary (``gateway_keys``): one node failing over never makes a live gateway look dead.
 GATEWAY_BEAT_S = 0.25
 GATEWAY_TTL_S = 1.0
 
@@ -171,6 +173,14 @@ OUTAGE_GRACE_S = 5.0
 
 def gateway_key(gateway_id: str) -> str:
     return f"{PREFIX}:{{gateways}}:{gateway_id}"
+
+
+def gateway_keys(gateway_id: str, cluster: bool = False) -> tuple[str, ...]:
+    """A gateway's liveness keys: on a cluster, ``gateway_key`` and a twin whose slot (6741, against
+    15195) lies with another primary in every even split of the slots over 2 to 4 primaries."""
+    if not cluster:
+        return (gateway_key(gateway_id),)
+    return gateway_key(gateway_id), f"{PREFIX}:{{gateways-twin}}:{gateway_id}"
 
 
 # Leases the serving gateway renews every LEASE_RENEW_S while it waits for a request: the request's

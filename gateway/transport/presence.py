@@ -60,9 +60,10 @@ class GatewayPresence:
     ) -> None:
         self.gateway_id = gateway_id
         self._redis = connect_sync(redis_url, timeout_s, cluster)
-        # The liveness key has a thread and a connection of its own: leases span every node of a
-        # cluster, and one slow node must not keep the key from being renewed on its own.
-        self._liveness = connect_sync(redis_url, timeout_s, cluster)
+        # Each liveness key has a thread and a connection of its own: leases span every node of a
+        # cluster, and one slow or failing node must not keep a key on another from being renewed.
+        self._liveness = {key: connect_sync(redis_url, timeout_s, cluster)
+                          for key in keys.gateway_keys(gateway_id, cluster)}  # fmt: skip
         self._beat_s, self._ttl_ms = beat_s, int(ttl_s * 1000)
         self._renew_s, self._lease_ms = renew_s, int(lease_s * 1000)
         self._slot_lease_ms = int(slot_lease_s * 1000)
@@ -72,7 +73,12 @@ class GatewayPresence:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gateway-leases", daemon=True)
-        self._alive_thread = threading.Thread(target=self._run_liveness, name="gateway-liveness", daemon=True)
+        self._alive_threads = [
+            threading.Thread(
+                target=self._run_liveness, args=(key,), name=f"gateway-liveness-{n}", daemon=True
+            )
+            for n, key in enumerate(self._liveness)
+        ]
 
     def serve(self, request: Served) -> None:
         """Renew ``request``'s lease until it is finished (or forgotten); its lease is set at submit."""
@@ -86,28 +92,29 @@ class GatewayPresence:
             self._slots.add(slot)
 
     def start(self) -> None:
-        self._thread.start()
-        self._alive_thread.start()
+        for thread in (self._thread, *self._alive_threads):
+            thread.start()
 
     def stop(self) -> None:
         """Stop renewing and remove the liveness key, so workers abort what is left at once."""
         self._stop.set()
-        for thread in (self._thread, self._alive_thread):
+        for thread in (self._thread, *self._alive_threads):
             if thread.is_alive():
                 thread.join(timeout=5)
-        try:
-            self._liveness.delete(keys.gateway_key(self.gateway_id))
-        except REDIS_ERRORS as exc:
-            log.warning("could not remove the gateway's liveness key: %s", exc)
+        for key, client in self._liveness.items():
+            try:
+                client.delete(key)
+            except REDIS_ERRORS as exc:
+                log.warning("could not remove the gateway's liveness key: %s", exc)
+            client.close()
         self._redis.close()
-        self._liveness.close()
 
-    def _run_liveness(self) -> None:
-        failures = 0
+    def _run_liveness(self, key: str) -> None:
+        client, failures = self._liveness[key], 0
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                self._liveness.set(keys.gateway_key(self.gateway_id), "1", px=self._ttl_ms)
+                client.set(key, "1", px=self._ttl_ms)
                 failures = 0
             except REDIS_ERRORS as exc:
                 if FOREVER.is_worth_logging(failures):

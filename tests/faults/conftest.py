@@ -20,8 +20,9 @@ from shared import keys
 from shared.messages import ReplyKind
 from tests.stack import MODEL, heartbeats, reply_events, req_id_of_chunk, running_stack
 
-# The heartbeat TTL, then at most one beat until a live worker claims the request, then its prefill.
-MAX_STALL_S = keys.HEARTBEAT_TTL_S + 2 * keys.HEARTBEAT_INTERVAL_S
+# The heartbeat TTL, then at most one beat until a live worker claims the request; then its prefill,
+# which ``FaultsStack.max_stall_s`` adds as measured on this machine.
+TAKEOVER_S = keys.HEARTBEAT_TTL_S + 2 * keys.HEARTBEAT_INTERVAL_S
 STORM_SLOTS = 64
 
 
@@ -31,15 +32,25 @@ class FaultsStack:
     store: redis.Redis
     api_key: str  # max_concurrency 1
     storm_key: str  # max_concurrency STORM_SLOTS
-    references: dict[tuple[str, int], str] = field(default_factory=dict)
+    references: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)  # text, TTFT
 
     def reference(self, prompt: str, max_tokens: int) -> str:
         """The text of an uninterrupted greedy stream (run once per prompt: greedy is deterministic)."""
         if (prompt, max_tokens) not in self.references:
-            chunks = stream(self.stack.url, self.api_key, prompt, max_tokens)
-            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-            self.references[prompt, max_tokens] = text
-        return self.references[prompt, max_tokens]
+            started = time.monotonic()
+            text, ttft_s = "", 0.0
+            for chunk in stream(self.stack.url, self.api_key, prompt, max_tokens):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    ttft_s = ttft_s or time.monotonic() - started
+                    text += chunk.choices[0].delta.content
+            self.references[prompt, max_tokens] = (text, ttft_s)
+        return self.references[prompt, max_tokens][0]
+
+    def max_stall_s(self, prompt: str, max_tokens: int) -> float:
+        """The longest a fault may hold the stream up: the takeover, then the resumed request's prefill
+        (its uninterrupted TTFT here, doubled: it also prefills the tokens generated before the fault)."""
+        self.reference(prompt, max_tokens)
+        return TAKEOVER_S + 2 * self.references[prompt, max_tokens][1]
 
 
 @pytest.fixture(scope="package")

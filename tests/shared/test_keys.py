@@ -38,6 +38,15 @@ def test_gateways_liveness_keys_share_a_slot() -> None:
     assert len(slots(keys.gateway_key("g1"), keys.gateway_key("g2"))) == 1
 
 
+def test_a_gateways_twin_key_lies_with_another_primary_in_every_even_split() -> None:
+    (own, twin), single = keys.gateway_keys("g1", cluster=True), keys.gateway_keys("g1")
+    assert single == (own,)
+    (own_slot,), (twin_slot,) = slots(own), slots(twin)
+    for primaries in (2, 3, 4):
+        share = 16384 / primaries
+        assert int(own_slot // share) != int(twin_slot // share), primaries
+
+
 def test_a_partitions_class_streams_share_a_slot_and_partitions_spread_over_slots() -> None:
     partitions = keys.request_partitions(cluster=True)
     for p in range(partitions):

@@ -43,9 +43,14 @@ class ReaderWatch:
     """Run once per heartbeat: cancels the active requests whose reader is gone."""
 
     def __init__(
-        self, redis: Redis, cancel: Callable[[str], None], outage_grace_s: float = keys.OUTAGE_GRACE_S
+        self,
+        redis: Redis,
+        cancel: Callable[[str], None],
+        outage_grace_s: float = keys.OUTAGE_GRACE_S,
+        cluster: bool = False,
     ) -> None:
         self._redis = redis
+        self._cluster = cluster  # a gateway keeps a twin liveness key there (``keys.gateway_keys``)
         self._cancel = cancel
         self._outage_grace_s = outage_grace_s
         self._reachable_since = -math.inf  # no grace at start: no outage yet
@@ -69,15 +74,15 @@ class ReaderWatch:
             return
         gateways = sorted({r.gateway_id for r in watched if r.gateway_id is not None})
         pipe = self._redis.pipeline(transaction=False)
-        for gateway_id in gateways:
-            pipe.exists(keys.gateway_key(gateway_id))
+        self._queue_liveness(pipe, gateways)
         check_leases = self._check_leases
         if check_leases:
             for r in watched:
                 pipe.exists(keys.request_lease(r.req_id))
         found: list[Any] = await pipe.execute()
-        gone = await self._still_gone([g for g, alive in zip(gateways, found, strict=False) if not alive])
-        leases = found[len(gateways):] if check_leases else [1] * len(watched)
+        alive = self._alive(gateways, found)
+        gone = await self._still_gone([g for g in gateways if g not in alive])
+        leases = found[len(found) - len(watched):] if check_leases else [1] * len(watched)
         self._check_leases = False
         adopted = await self._adopted([r for r in watched if r.gateway_id in gone])
         orphans: list[str] = []
@@ -98,9 +103,20 @@ class ReaderWatch:
             return set()
         await asyncio.sleep(RECHECK_S)
         pipe = self._redis.pipeline(transaction=False)
+        self._queue_liveness(pipe, gateways)
+        alive = self._alive(gateways, await pipe.execute())
+        return {g for g in gateways if g not in alive}
+
+    def _queue_liveness(self, pipe: Any, gateways: list[str]) -> None:
+        """One EXISTS per liveness key of each gateway (a cluster's twins lie in another slot)."""
         for gateway_id in gateways:
-            pipe.exists(keys.gateway_key(gateway_id))
-        return {g for g, alive in zip(gateways, await pipe.execute(), strict=True) if not alive}
+            for key in keys.gateway_keys(gateway_id, self._cluster):
+                pipe.exists(key)
+
+    def _alive(self, gateways: list[str], found: list[Any]) -> set[str]:
+        """The gateways with any liveness key among ``found`` (answers in ``_queue_liveness``'s order)."""
+        per = len(keys.gateway_keys("", self._cluster))
+        return {g for i, g in enumerate(gateways) if any(found[i * per:(i + 1) * per])}
 
     async def _adopted(self, requests: list[ActiveRequest]) -> dict[str, str]:
         """Of requests whose gateway is gone, those another live gateway now serves (a client resumed
@@ -115,7 +131,6 @@ class ReaderWatch:
         if not names:
             return {}
         pipe = self._redis.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(keys.gateway_key(name))
-        alive = {n for n, ok in zip(names, await pipe.execute(), strict=True) if ok}
+        self._queue_liveness(pipe, names)
+        alive = self._alive(names, await pipe.execute())
         return {r.req_id: h for r, h in zip(requests, holders, strict=True) if h in alive}

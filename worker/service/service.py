@@ -83,7 +83,7 @@ class WorkerService:
         self._writer = ReplyWriter(
             redis, self.worker_id, self._tracker, self._abort, self._writes, settings.reply_keep_s
         )
-        self._readers = ReaderWatch(redis, self._cancel)
+        self._readers = ReaderWatch(redis, self._cancel, cluster=settings.redis_cluster)
         partitions = keys.request_partitions(settings.redis_cluster)
         self._intake = intake.Intake(redis, model_name, self.worker_id, partitions)
         if metrics is not None:

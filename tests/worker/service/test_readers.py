@@ -46,6 +46,22 @@ async def test_requests_of_a_gateway_whose_key_is_gone_are_cancelled(redis: Redi
     assert sorted(await cancelled_by_one_check(redis, requests)) == ["d1", "d2"]
 
 
+async def test_on_a_cluster_a_gateway_is_gone_only_when_its_twin_key_is_gone_too(redis: Redis) -> None:
+    """As when the node of one key failed over after the key lapsed there: its twin on another primary
+    still proves the gateway alive."""
+    own, twin = keys.gateway_keys("gw", cluster=True)
+    assert own == keys.gateway_key("gw") and twin != own
+    await redis.set(twin, "1", ex=60)
+    cancelled: list[str] = []
+    with patch("worker.service.readers.RECHECK_S", 0):
+        watch = ReaderWatch(redis, cancelled.append, outage_grace_s=0, cluster=True)
+        await watch.check([active("r", "gw")])
+        assert cancelled == []
+        await redis.delete(twin)
+        await watch.check([active("r", "gw")])
+    assert cancelled == ["r"]
+
+
 async def test_a_gateway_key_back_a_moment_later_is_not_taken_for_a_death(redis: Redis) -> None:
     """As when a stalled cluster primary, replaced meanwhile, answers once from its stale data."""
     cancelled: list[str] = []
