@@ -4,6 +4,7 @@ each is admitted in proportion to its weight, whichever worker takes the request
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from tests.stack import MODEL, heartbeats, running_stack
 
 SLOTS_PER_WORKER = 4
 NUM_PER_TENANT = 24
-BLOCKER_TOKENS = 256  # long enough to hold every slot while the floods queue up
+BLOCKER_TOKENS = 2048  # streams that hold every slot until the floods have queued up, then hang up
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
@@ -54,6 +55,22 @@ def ask(stack: LocalStack, api_key: str, max_tokens: int) -> ChatCompletion:
     )  # fmt: skip
 
 
+def block(stack: LocalStack, api_key: str, release: threading.Event) -> int:
+    """A batch-class stream that holds a slot until ``release``, then hangs up; the tokens it read."""
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=api_key, max_retries=0)
+    seen = 0
+    with client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count to ten."}], max_tokens=BLOCKER_TOKENS,
+        temperature=0, stream=True, extra_body={"ignore_eos": True},
+        extra_headers={"x-busstop-traffic-class": "batch"},
+    ) as chunks:  # fmt: skip
+        for chunk in chunks:
+            seen += bool(chunk.choices and chunk.choices[0].delta.content)
+            if release.is_set():
+                break
+    return seen
+
+
 def req_id_of(done: ChatCompletion) -> str:
     return done.id.split("-", 1)[1]
 
@@ -65,16 +82,17 @@ def test_contending_tenants_are_admitted_by_weight_across_two_workers(
     store = stack.redis.client()
     with ThreadPoolExecutor(max_workers=2 * NUM_PER_TENANT + 2 * SLOTS_PER_WORKER) as pool:
         # Fill every slot of both workers first, so the two floods queue up behind them and contend.
-        evals = api_keys["evals"]
-        blockers = [pool.submit(ask, stack, evals, BLOCKER_TOKENS) for _ in range(2 * SLOTS_PER_WORKER)]
+        release = threading.Event()
+        blockers = [pool.submit(block, stack, api_keys["evals"], release) for _ in range(2 * SLOTS_PER_WORKER)]
         wait_until(lambda: sum(b.num_running for b in heartbeats(store)) == 2 * SLOTS_PER_WORKER)
         order = ["distill", "curation"] * NUM_PER_TENANT
         floods = [pool.submit(ask, stack, api_keys[t], 8) for t in order]
         wait_until(lambda: all(store.xlen(keys.request_stream(MODEL, "batch", 0, t)) == NUM_PER_TENANT
                                for t in ("distill", "curation")))  # fmt: skip
         assert sum(b.num_running for b in heartbeats(store)) == 2 * SLOTS_PER_WORKER  # still blocked
+        release.set()  # the blockers hang up: their slots free at once, and the floods contend for them
+        assert all(0 < b.result(timeout=300) < BLOCKER_TOKENS for b in blockers)
         req_ids = {req_id_of(f.result(timeout=300)): t for f, t in zip(floods, order, strict=True)}
-        assert all(b.result(timeout=300) for b in blockers)
     admitted: list[tuple[str, str, str]] = []  # (admission time as a stream id, tenant, worker)
     for req_id, tenant in req_ids.items():
         entries = store.xrange(keys.reply_stream(req_id))
