@@ -83,7 +83,8 @@ def test_contending_tenants_are_admitted_by_weight_across_two_workers(
     with ThreadPoolExecutor(max_workers=2 * NUM_PER_TENANT + 2 * SLOTS_PER_WORKER) as pool:
         # Fill every slot of both workers first, so the two floods queue up behind them and contend.
         release = threading.Event()
-        blockers = [pool.submit(block, stack, api_keys["evals"], release) for _ in range(2 * SLOTS_PER_WORKER)]
+        blockers = [pool.submit(block, stack, api_keys["evals"], release)
+                    for _ in range(2 * SLOTS_PER_WORKER)]
         wait_until(lambda: sum(b.num_running for b in heartbeats(store)) == 2 * SLOTS_PER_WORKER)
         order = ["distill", "curation"] * NUM_PER_TENANT
         floods = [pool.submit(ask, stack, api_keys[t], 8) for t in order]

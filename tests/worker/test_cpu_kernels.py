@@ -137,23 +137,27 @@ def test_argmax_is_torchs_first_maximum(dtype: torch.dtype, n: int) -> None:
     assert argmax_rows(x).tolist() == got.tolist()  # what the sampler calls
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 9])  # blocks of four rows, and the rest
 @pytest.mark.parametrize("in_features", [576, 33])  # whole 32-wide blocks, and a masked tail
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_small_linear_matches_a_float64_product(rows: int, in_features: int, with_bias: bool) -> None:
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_bf16_linear_matches_a_float64_product(rows: int, in_features: int, with_bias: bool,
+                                               out_dtype: torch.dtype) -> None:
     bf16 = dict(dtype=torch.bfloat16)
-    if not ops.small_linear_fits(torch.zeros(1, 32, **bf16), torch.zeros(8, 32, **bf16)):
+    if not ops.bf16_linear_fits(torch.zeros(1, 32, **bf16), torch.zeros(8, 32, **bf16)):
         pytest.skip("this CPU has no AVX512-BF16: linear() keeps F.linear")
     g = torch.Generator().manual_seed(rows * in_features)
     w = torch.randn(300, in_features, generator=g).bfloat16()
     x = torch.randn(rows, in_features + 5, generator=g).bfloat16()[:, 3 : in_features + 3]  # strided rows
     bias = torch.randn(300, generator=g).bfloat16() if with_bias else None
-    got = torch.empty(rows, 300, **bf16)
-    ops.small_linear(x, w, bias, got)
+    got = torch.empty(rows, 300, dtype=out_dtype)
+    ops.bf16_linear(x, w, bias, got)
     want = torch.nn.functional.linear(x.double(), w.double(), None if bias is None else bias.double())
-    torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)  # products exact, one rounding
-    assert not ops.small_linear_fits(torch.zeros(5, 32, **bf16), w[:, :32].contiguous())  # five rows
-    assert not ops.small_linear_fits(x.float(), w.float())
+    if out_dtype == torch.float32:  # the float sums as they are: float rounding only
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
+    else:  # products exact, one rounding
+        torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)
+    assert not ops.bf16_linear_fits(x.float(), w.float())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

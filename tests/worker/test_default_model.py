@@ -21,6 +21,7 @@ from worker.engine.engine import Engine
 from worker.engine.kv_cache import KVCache
 from worker.engine.outputs import TokenLogprobs
 from worker.engine.sampling_params import SamplingParams
+from worker.kernels.linear import SMALL_ROWS
 from worker.loader import LoadedModel, ModelSettings, load_model
 from worker.loader.default_model import default_gguf_path
 from worker.loader.gguf_checkpoint import GGUFCheckpoint
@@ -145,8 +146,20 @@ def test_capital_of_france_is_paris(loaded: LoadedModel) -> None:
     assert "Paris" in loaded.tokenizer.decode(token_ids)
 
 
-def test_in_bfloat16_the_capital_of_france_is_still_paris() -> None:
-    """What lets ``dtype: auto`` pick bf16 on CPUs that compute in it natively."""
+@pytest.mark.parametrize("num_seqs", [1, SMALL_ROWS + 1])  # both paths of the LM head's float logits
+def test_in_bfloat16_the_capital_of_france_is_still_paris(num_seqs: int) -> None:
+    """What lets ``dtype: auto`` pick bf16 on CPUs that compute in it natively, as a worker serves it:
+    a bf16 KV cache too. Its first token is a near tie ("The" -1.88, "L" -1.97 in float32) that bf16
+    logits rounded into an exact one, which the lower token id won."""
     bf16 = load_model(ModelSettings(device="cpu", dtype="bfloat16", max_model_len=2048))
-    token_ids, _ = run_greedy(bf16, chat(bf16, "What is the capital of France?"))
-    assert "Paris" in bf16.tokenizer.decode(token_ids)
+    engine = Engine(bf16.model, EngineConfig(max_model_len=2048, num_pages=64, dtype=torch.bfloat16),
+                    bf16.eos_token_ids)
+    prompt = chat(bf16, "What is the capital of France?")
+    for n in range(num_seqs):
+        engine.add_request(str(n), prompt, SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0))
+    answers = {str(n): [] for n in range(num_seqs)}
+    while engine.has_unfinished():
+        for out in engine.step():
+            answers[out.req_id] += out.new_token_ids
+    for token_ids in answers.values():
+        assert "Paris" in bf16.tokenizer.decode(token_ids)

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -506,52 +507,66 @@ void argmax(const at::Tensor& x, at::Tensor& out) {
 }
 
 #if defined(__AVX512BF16__)
-// out [m, n] = x [m, k] @ w [n, k]^T for a few rows of x (decode at a small batch), bf16. Such a
-// product reads every weight once and does little with it, so it runs at the speed the weights
-// stream from memory; oneDNN's bf16 path reached ~6 GB/s of the ~11 one core streams here. Each
-// weight row is read once for all m rows: VDPBF16PS products are exact in float and summed in float,
-// then rounded once, as F.linear does.
-template <int64_t kRows>
-void small_linear_rows(const at::Tensor& x, const at::Tensor& w, const at::BFloat16* bias, at::Tensor& out) {
-  const int64_t n = w.size(0), k = w.size(1), xs = x.stride(0), os = out.stride(0);
+// out [m, n] = x [m, k] @ w [n, k]^T (+ bias), x and w bf16, out bf16 or float, for a few rows of x
+// (decode at a small batch). Such a product reads every weight once and does little with it, so it
+// runs at the speed the weights stream from memory; oneDNN's bf16 path reached ~6 GB/s of the ~11 one
+// core streams here. Each weight row is read once for all m rows: VDPBF16PS products are exact in
+// float and summed in float, then rounded once, as F.linear does, or stored as they are (logits). Any
+// m is served, but from 4 rows on oneDNN's GEMM on reordered weights is the faster (2-3x at 16-64).
+constexpr int64_t kBlock = 4;
+
+template <int64_t kRows, typename OutT>
+inline void dot_rows(const uint16_t* xp, int64_t xs, const uint16_t* wr, int64_t k, float b, OutT* op,
+                     int64_t os) {
+  const int64_t full = k / 32, tail = k % 32;
+  __m512 acc[kRows];
+  for (int64_t r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < full; ++c) {
+    const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + 32 * c);
+    for (int64_t r = 0; r < kRows; ++r) {
+      acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(xp + r * xs + 32 * c), wv);
+    }
+  }
+  if (tail) {
+    const __mmask32 mask = static_cast<__mmask32>((1ull << tail) - 1);
+    const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mask, wr + 32 * full);
+    for (int64_t r = 0; r < kRows; ++r) {
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, xp + r * xs + 32 * full);
+      acc[r] = _mm512_dpbf16_ps(acc[r], xv, wv);
+    }
+  }
+  for (int64_t r = 0; r < kRows; ++r) op[r * os] = from_float<OutT>(_mm512_reduce_add_ps(acc[r]) + b);
+}
+
+template <typename OutT>
+void bf16_linear_rows(const at::Tensor& x, const at::Tensor& w, const at::BFloat16* bias, at::Tensor& out) {
+  const int64_t m = x.size(0), n = w.size(0), k = w.size(1), xs = x.stride(0), os = out.stride(0);
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
-  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const int64_t full = k / 32, tail = k % 32;
-  const __mmask32 tail_mask = tail ? static_cast<__mmask32>((1ull << tail) - 1) : 0;
+  OutT* op = out.data_ptr<OutT>();
   at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       const uint16_t* wr = wp + j * k;
-      __m512 acc[kRows];
-      for (int64_t r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
-      for (int64_t c = 0; c < full; ++c) {
-        const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + 32 * c);
-        for (int64_t r = 0; r < kRows; ++r) {
-          acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(xp + r * xs + 32 * c), wv);
-        }
-      }
-      if (tail) {
-        const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(tail_mask, wr + 32 * full);
-        for (int64_t r = 0; r < kRows; ++r) {
-          const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(tail_mask, xp + r * xs + 32 * full);
-          acc[r] = _mm512_dpbf16_ps(acc[r], xv, wv);
-        }
-      }
       const float b = bias ? to_float(bias[j]) : 0.f;
-      for (int64_t r = 0; r < kRows; ++r) {
-        op[r * os + j] = from_float<at::BFloat16>(_mm512_reduce_add_ps(acc[r]) + b).x;
+      int64_t r = 0;
+      for (; r + kBlock <= m; r += kBlock) dot_rows<kBlock>(xp + r * xs, xs, wr, k, b, op + r * os + j, os);
+      switch (m - r) {
+        case 3: dot_rows<3>(xp + r * xs, xs, wr, k, b, op + r * os + j, os); break;
+        case 2: dot_rows<2>(xp + r * xs, xs, wr, k, b, op + r * os + j, os); break;
+        case 1: dot_rows<1>(xp + r * xs, xs, wr, k, b, op + r * os + j, os); break;
+        default: break;
       }
     }
   });
 }
 #endif
 
-// Whether small_linear serves x [m, k] and w [n, k] on this CPU (bf16, m <= 4, rows contiguous).
-bool small_linear_fits(const at::Tensor& x, const at::Tensor& w) {
+// Whether bf16_linear serves x [m, k] and w [n, k] on this CPU (bf16, rows contiguous).
+bool bf16_linear_fits(const at::Tensor& x, const at::Tensor& w) {
 #if defined(__AVX512BF16__)
   return x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 &&
-         x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1) && x.size(0) >= 1 && x.size(0) <= 4 &&
-         x.stride(1) == 1 && w.is_contiguous();
+         x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1) && x.size(0) >= 1 && x.stride(1) == 1 &&
+         w.is_contiguous();
 #else
   (void)x;
   (void)w;
@@ -559,21 +574,69 @@ bool small_linear_fits(const at::Tensor& x, const at::Tensor& w) {
 #endif
 }
 
-void small_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                  at::Tensor& out) {
-  TORCH_CHECK(small_linear_fits(x, w) && out.dim() == 2 && out.size(0) == x.size(0) &&
-                  out.size(1) == w.size(0) && out.stride(1) == 1 && out.scalar_type() == at::kBFloat16,
-              "small_linear: bf16 x [m <= 4, k], w [n, k] contiguous, out [m, n], on a CPU with AVX512-BF16");
+void bf16_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                 at::Tensor& out) {
+  TORCH_CHECK(bf16_linear_fits(x, w) && out.dim() == 2 && out.size(0) == x.size(0) &&
+                  out.size(1) == w.size(0) && out.stride(1) == 1 &&
+                  (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kFloat),
+              "bf16_linear: bf16 x [m, k], w [n, k] contiguous, out [m, n] bf16 or float, on a CPU with "
+              "AVX512-BF16");
   TORCH_CHECK(!bias || (bias->scalar_type() == at::kBFloat16 && bias->is_contiguous() &&
-                        bias->numel() == w.size(0)), "small_linear: bias must be bf16 [n]");
+                        bias->numel() == w.size(0)), "bf16_linear: bias must be bf16 [n]");
 #if defined(__AVX512BF16__)
   const at::BFloat16* b = bias ? bias->data_ptr<at::BFloat16>() : nullptr;
-  switch (x.size(0)) {
-    case 1: small_linear_rows<1>(x, w, b, out); break;
-    case 2: small_linear_rows<2>(x, w, b, out); break;
-    case 3: small_linear_rows<3>(x, w, b, out); break;
-    default: small_linear_rows<4>(x, w, b, out); break;
+  if (out.scalar_type() == at::kFloat) {
+    bf16_linear_rows<float>(x, w, b, out);
+  } else {
+    bf16_linear_rows<at::BFloat16>(x, w, b, out);
   }
+#endif
+}
+
+#if defined(__AVX512BF16__)
+// out [m, n] = logits [m, n] (bf16, the product of x [m, k] and w [n, k]) widened to float, with every
+// value that may be its row's true maximum replaced by its exact float product: a rounded value is off
+// by at most half its ulp, so those within two ulps of the row's rounded maximum.
+void exact_near_max_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& logits, at::Tensor& out) {
+  const int64_t m = logits.size(0), n = logits.size(1), k = w.size(1);
+  const int64_t xs = x.stride(0), ls = logits.stride(0), os = out.stride(0);
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  const at::BFloat16* lp = logits.data_ptr<at::BFloat16>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, m, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const at::BFloat16* lr = lp + r * ls;
+      float* orow = op + r * os;
+      for (int64_t j = 0; j < n; ++j) orow[j] = to_float(lr[j]);
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < n; ++j) top = std::max(top, orow[j]);
+      int exponent = 0;
+      std::frexp(top, &exponent);
+      const float floor = top - std::ldexp(1.f / 128.f, exponent);  // bf16's epsilon is 2^-7
+      const __m512 below = _mm512_set1_ps(floor);
+      for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 tail = n - j >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                           : static_cast<__mmask16>((1u << (n - j)) - 1);
+        __mmask16 near = _mm512_mask_cmp_ps_mask(tail, _mm512_maskz_loadu_ps(tail, orow + j), below, _CMP_GE_OQ);
+        while (near) {
+          const int64_t c = j + __builtin_ctz(near);
+          near &= near - 1;
+          dot_rows<1>(xp + r * xs, xs, wp + c * k, k, 0.f, orow + c, os);
+        }
+      }
+    }
+  });
+}
+#endif
+
+void exact_near_max(const at::Tensor& x, const at::Tensor& w, const at::Tensor& logits, at::Tensor& out) {
+  TORCH_CHECK(bf16_linear_fits(x, w) && logits.dim() == 2 && logits.scalar_type() == at::kBFloat16 &&
+                  logits.size(0) == x.size(0) && logits.size(1) <= w.size(0) && logits.stride(1) == 1 &&
+                  out.sizes() == logits.sizes() && out.scalar_type() == at::kFloat && out.stride(1) == 1,
+              "exact_near_max: bf16 x [m, k], w [n, k], logits [m, <= n]; float out [m, n]");
+#if defined(__AVX512BF16__)
+  exact_near_max_rows(x, w, logits, out);
 #endif
 }
 
@@ -588,6 +651,7 @@ TORCH_LIBRARY(busstop_cpu, m) {
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
         "Tensor kv_lens, float scale, Tensor(a!) out) -> ()", &paged_decode_attention);
   m.def("argmax(Tensor x, Tensor(a!) out) -> ()", &argmax);
-  m.def("small_linear_fits(Tensor x, Tensor w) -> bool", &small_linear_fits);
-  m.def("small_linear(Tensor x, Tensor w, Tensor? bias, Tensor(a!) out) -> ()", &small_linear);
+  m.def("bf16_linear_fits(Tensor x, Tensor w) -> bool", &bf16_linear_fits);
+  m.def("bf16_linear(Tensor x, Tensor w, Tensor? bias, Tensor(a!) out) -> ()", &bf16_linear);
+  m.def("exact_near_max(Tensor x, Tensor w, Tensor logits, Tensor(a!) out) -> ()", &exact_near_max);
 }

@@ -29,15 +29,49 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if x.device.type != "cpu" or x.dim() != 2 or (ops := cpu_ops()) is None:
         return F.linear(x, weight, bias)
     if x.shape[0] <= SMALL_ROWS:
-        if x.dtype == torch.bfloat16 and ops.small_linear_fits(x, weight):
+        if x.dtype == torch.bfloat16 and ops.bf16_linear_fits(x, weight):
             out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
-            ops.small_linear(x, weight, bias, out)
+            ops.bf16_linear(x, weight, bias, out)
             return out
         return F.linear(x, weight, bias)
     packed = _packed(weight)
     if packed is None or x.dtype != weight.dtype:
         return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+
+
+def logits_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` as float32 logits, whatever the model's dtype. bf16 logits lie 0.06-0.125 apart
+    at an LM head's magnitudes, close enough for the top two tokens to tie or swap (SmolLM2 in bf16
+    then answered "What is the capital of France?" wrong). Up to ``SMALL_ROWS`` rows in bf16 on CPUs
+    with AVX512-BF16 the ``bf16_linear`` kernel stores its float sums as they are; elsewhere the product
+    runs in the model's dtype and the logits within rounding of each row's maximum, the only ones
+    that can decide a greedy pick, are computed again in float."""
+    ops = cpu_ops() if x.device.type == "cpu" and x.dim() == 2 else None
+    if (ops is not None and x.shape[0] <= SMALL_ROWS and x.dtype == torch.bfloat16
+            and ops.bf16_linear_fits(x, weight)):
+        out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+        ops.bf16_linear(x, weight, None, out)
+        return out
+    logits = linear(x, weight)
+    if logits.dtype == torch.float32:
+        return logits
+    if ops is not None and logits.dtype == torch.bfloat16 and ops.bf16_linear_fits(x, weight):
+        out = torch.empty(logits.shape, dtype=torch.float32)
+        ops.exact_near_max(x, weight, logits, out)  # the same as below, in one pass
+        return out
+    return exact_near_max(logits.float(), x, weight, torch.finfo(logits.dtype).eps)
+
+
+def exact_near_max(logits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``logits`` [rows, vocab] (rounded to a dtype with machine epsilon ``eps``, widened) with every
+    value that may be its row's true maximum replaced by its float product. A rounded value is off by
+    at most half its ulp, ``eps * 2**(e-1)`` for exponent ``e``; the margin is twice the maximum's ulp."""
+    top = logits.max(dim=-1, keepdim=True).values
+    margin = eps * torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent)
+    rows, cols = (logits >= top - margin).nonzero(as_tuple=True)
+    logits[rows, cols] = (x[rows].float() * weight[cols].float()).sum(-1)
+    return logits
 
 
 def _packed(weight: torch.Tensor) -> torch.Tensor | None:

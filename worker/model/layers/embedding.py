@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.kernels.linear import linear
+from worker.kernels.linear import logits_linear
 from worker.model.parallel import SINGLE, ParallelContext
 
 
@@ -44,9 +44,10 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Logits over the vocabulary; tied heads share the embedding's weight tensor."""
+    """Logits over the vocabulary, in float32 (``logits_linear``); tied heads share the embedding's weight
+    tensor."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = linear(hidden, self.weight)  # [num_seqs, num_rows_per_rank]
+        logits = logits_linear(hidden, self.weight)  # [num_seqs, num_rows_per_rank], float32
         logits = self.parallel.all_gather(logits, dim=-1)
         return logits[:, : self.vocab_size]
