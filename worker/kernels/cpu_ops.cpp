@@ -608,9 +608,16 @@ void exact_near_max_rows(const at::Tensor& x, const at::Tensor& w, const at::Ten
     for (int64_t r = begin; r < end; ++r) {
       const at::BFloat16* lr = lp + r * ls;
       float* orow = op + r * os;
-      for (int64_t j = 0; j < n; ++j) orow[j] = to_float(lr[j]);
-      float top = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < n; ++j) top = std::max(top, orow[j]);
+      __m512 tops = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+      for (int64_t j = 0; j < n; j += 16) {  // widen and take the maximum in one pass
+        const __mmask16 tail = n - j >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                           : static_cast<__mmask16>((1u << (n - j)) - 1);
+        const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tail, lr + j)), 16));
+        _mm512_mask_storeu_ps(orow + j, tail, v);
+        tops = _mm512_mask_max_ps(tops, tail, tops, v);
+      }
+      const float top = _mm512_reduce_max_ps(tops);
       int exponent = 0;
       std::frexp(top, &exponent);
       const float floor = top - std::ldexp(1.f / 128.f, exponent);  // bf16's epsilon is 2^-7
