@@ -161,7 +161,7 @@ def test_bf16_linear_matches_a_float64_product(rows: int, in_features: int, with
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 3, 4, 16, 70])  # the small kernel, then oneDNN's packed weights
+@pytest.mark.parametrize("rows", [1, 3, 4, 16, 70])  # the bf16 kernel (up to 3 rows), or oneDNN's packed weights
 def test_linear_at_every_batch_size_is_f_linear(dtype: torch.dtype, rows: int) -> None:
     g = torch.Generator().manual_seed(rows)
     w = torch.nn.Parameter(torch.randn(200, 96, generator=g).to(dtype), requires_grad=False)
@@ -172,7 +172,9 @@ def test_linear_at_every_batch_size_is_f_linear(dtype: torch.dtype, rows: int) -
         want = torch.nn.functional.linear(x, w, b)
         torch.testing.assert_close(got.float(), want.float(), **TOLERANCE[dtype])
         assert torch.equal(linear(x, w, b), got)  # again, through the kept reordered copy
-    assert hasattr(w, linear_module._PACKED) == (rows >= linear_module.PACKED_MIN_ROWS)
+    by_bf16_kernel = dtype == torch.bfloat16 and rows <= linear_module.SMALL_ROWS and \
+        ops.bf16_linear_fits(x, w)
+    assert hasattr(w, linear_module._PACKED) == (not by_bf16_kernel)
     with torch.no_grad():  # a weight written in place (as the loaders do) is reordered again, not stale
         w.mul_(-1.0)
     torch.testing.assert_close(linear(x, w).float(), torch.nn.functional.linear(x, w).float(),

@@ -1,12 +1,14 @@
 """Linear layers on the CPU: the matmul kernel for the number of rows.
 
 - Up to ``SMALL_ROWS`` rows (decode at a small batch), in bf16 on CPUs with AVX512-BF16, the
-  ``small_linear`` kernel: such a product streams each weight once, and oneDNN's bf16 GEMV read the
-  weights at ~6 GB/s of the ~11 one core streams here. Elsewhere at that size, ``F.linear``.
-- From ``PACKED_MIN_ROWS`` rows on, oneDNN with the weight reordered once into its blocked layout
+  ``bf16_linear`` kernel: such a product streams each weight once, and oneDNN's bf16 GEMV read the
+  weights at ~6 GB/s of the ~11 one core streams here (SmolLM2's matmuls at one row: 15-16 ms against
+  23-26 ms reordered and 41-43 ms with ``F.linear``, one thread, AMD EPYC with AVX512-BF16).
+- Otherwise oneDNN with the weight reordered once into its blocked layout
   (``torch.ops.mkldnn._reorder_linear_weight``): ``F.linear`` leaves the weight as stored, and was
-  1.3-1.6x slower from 4 rows on in bf16 (1.2-2x in float32). The reordered copy is made on first
-  use (~0.16 s for SmolLM2-135M) and kept on the weight: a second copy of every linear weight.
+  1.3-1.6x slower from 4 rows on in bf16 (1.2-2x in float32); in float32 also at 1-3 rows (SmolLM2's
+  matmuls: 54/93/112 ms against 46/56/41 ms at 1/2/3 rows, same machine). The reordered copy is made
+  on first use (~0.16 s for SmolLM2-135M) and kept on the weight: a second copy of every linear weight.
 
 Off the CPU, or with ``BUSSTOP_CPU_KERNELS=false``, ``F.linear``.
 """
@@ -19,7 +21,6 @@ import torch.nn.functional as F
 from worker.kernels import cpu_ops
 
 SMALL_ROWS = 3
-PACKED_MIN_ROWS = SMALL_ROWS + 1
 _PACKED_DTYPES = (torch.bfloat16, torch.float32)
 _PACKED = "_busstop_onednn_packed"  # the attribute that holds (weight version, reordered copy)
 
@@ -28,12 +29,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear(x, weight, bias)`` for x [rows, in_features], by the fastest kernel for ``rows``."""
     if x.device.type != "cpu" or x.dim() != 2 or (ops := cpu_ops()) is None:
         return F.linear(x, weight, bias)
-    if x.shape[0] <= SMALL_ROWS:
-        if x.dtype == torch.bfloat16 and ops.bf16_linear_fits(x, weight):
-            out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
-            ops.bf16_linear(x, weight, bias, out)
-            return out
-        return F.linear(x, weight, bias)
+    if x.shape[0] <= SMALL_ROWS and x.dtype == torch.bfloat16 and ops.bf16_linear_fits(x, weight):
+        out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
+        ops.bf16_linear(x, weight, bias, out)
+        return out
     packed = _packed(weight)
     if packed is None or x.dtype != weight.dtype:
         return F.linear(x, weight, bias)
