@@ -161,7 +161,7 @@ def test_bf16_linear_matches_a_float64_product(rows: int, in_features: int, with
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 3, 4, 16, 70])  # the bf16 kernel (up to 3 rows), or oneDNN's packed weights
+@pytest.mark.parametrize("rows", [1, 3, 4, 16, 70])  # bf16_linear (bf16, <= 3 rows), or oneDNN
 def test_linear_at_every_batch_size_is_f_linear(dtype: torch.dtype, rows: int) -> None:
     g = torch.Generator().manual_seed(rows)
     w = torch.nn.Parameter(torch.randn(200, 96, generator=g).to(dtype), requires_grad=False)
