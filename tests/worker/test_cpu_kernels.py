@@ -137,31 +137,30 @@ def test_argmax_is_torchs_first_maximum(dtype: torch.dtype, n: int) -> None:
     assert argmax_rows(x).tolist() == got.tolist()  # what the sampler calls
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 9])  # blocks of four rows, and the rest
-@pytest.mark.parametrize("in_features", [576, 33])  # whole 32-wide blocks, and a masked tail
+@pytest.mark.parametrize("rows", [1, 5, 6, 13])  # tiles of six rows, and the rest
+@pytest.mark.parametrize("out_features", [300, 64])  # groups of four panels and a part panel, or whole
+@pytest.mark.parametrize("in_features", [576, 34])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
-def test_bf16_linear_matches_a_float64_product(rows: int, in_features: int, with_bias: bool,
-                                               out_dtype: torch.dtype) -> None:
-    bf16 = dict(dtype=torch.bfloat16)
-    if not ops.bf16_linear_fits(torch.zeros(1, 32, **bf16), torch.zeros(8, 32, **bf16)):
-        pytest.skip("this CPU has no AVX512-BF16: linear() keeps F.linear")
-    g = torch.Generator().manual_seed(rows * in_features)
-    w = torch.randn(300, in_features, generator=g).bfloat16()
+def test_bf16_panel_linear_matches_a_float64_product(rows: int, out_features: int, in_features: int,
+                                                     with_bias: bool, out_dtype: torch.dtype) -> None:
+    if not ops.has_bf16_panels():
+        pytest.skip("this CPU has no AVX512-BF16: linear() keeps oneDNN or F.linear")
+    g = torch.Generator().manual_seed(rows * in_features + out_features)
+    w = torch.randn(out_features, in_features, generator=g).bfloat16()
     x = torch.randn(rows, in_features + 5, generator=g).bfloat16()[:, 3 : in_features + 3]  # strided rows
-    bias = torch.randn(300, generator=g).bfloat16() if with_bias else None
-    got = torch.empty(rows, 300, dtype=out_dtype)
-    ops.bf16_linear(x, w, bias, got)
+    bias = torch.randn(out_features, generator=g) if with_bias else None
+    got = torch.empty(rows, out_features, dtype=out_dtype)
+    ops.bf16_panel_linear(x, linear_module.pack_panels(w), bias, got)
     want = torch.nn.functional.linear(x.double(), w.double(), None if bias is None else bias.double())
     if out_dtype == torch.float32:  # the float sums as they are: float rounding only
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
     else:  # products exact, one rounding
         torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)
-    assert not ops.bf16_linear_fits(x.float(), w.float())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 3, 4, 16, 70])  # bf16_linear (bf16, <= 3 rows), or oneDNN
+@pytest.mark.parametrize("rows", [1, 3, 4, 16, 70])
 def test_linear_at_every_batch_size_is_f_linear(dtype: torch.dtype, rows: int) -> None:
     g = torch.Generator().manual_seed(rows)
     w = torch.nn.Parameter(torch.randn(200, 96, generator=g).to(dtype), requires_grad=False)
@@ -171,11 +170,11 @@ def test_linear_at_every_batch_size_is_f_linear(dtype: torch.dtype, rows: int) -
         got = linear(x, w, b)
         want = torch.nn.functional.linear(x, w, b)
         torch.testing.assert_close(got.float(), want.float(), **TOLERANCE[dtype])
-        assert torch.equal(linear(x, w, b), got)  # again, through the kept reordered copy
-    by_bf16_kernel = dtype == torch.bfloat16 and rows <= linear_module.SMALL_ROWS and \
-        ops.bf16_linear_fits(x, w)
-    assert hasattr(w, linear_module._PACKED) == (not by_bf16_kernel)
-    with torch.no_grad():  # a weight written in place (as the loaders do) is reordered again, not stale
+        assert torch.equal(linear(x, w, b), got)  # again, through the kept copy
+    by_panels = dtype == torch.bfloat16 and ops.has_bf16_panels()  # else oneDNN's reordered copy
+    assert hasattr(w, linear_module._PANELS) == by_panels
+    assert hasattr(w, linear_module._PACKED) == (not by_panels)
+    with torch.no_grad():  # a weight written in place (as the loaders do) is packed again, not stale
         w.mul_(-1.0)
     torch.testing.assert_close(linear(x, w).float(), torch.nn.functional.linear(x, w).float(),
                                **TOLERANCE[dtype])

@@ -21,7 +21,6 @@ from worker.engine.engine import Engine
 from worker.engine.kv_cache import KVCache
 from worker.engine.outputs import TokenLogprobs
 from worker.engine.sampling_params import SamplingParams
-from worker.kernels.linear import SMALL_ROWS
 from worker.loader import LoadedModel, ModelSettings, load_model
 from worker.loader.default_model import default_gguf_path
 from worker.loader.gguf_checkpoint import GGUFCheckpoint
@@ -146,7 +145,7 @@ def test_capital_of_france_is_paris(loaded: LoadedModel) -> None:
     assert "Paris" in loaded.tokenizer.decode(token_ids)
 
 
-@pytest.mark.parametrize("num_seqs", [1, SMALL_ROWS + 1])  # both paths of the LM head's float logits
+@pytest.mark.parametrize("num_seqs", [1, 4])
 def test_in_bfloat16_the_capital_of_france_is_still_paris(num_seqs: int) -> None:
     """What lets ``dtype: auto`` pick bf16 on CPUs that compute in it natively, as a worker serves it:
     a bf16 KV cache too. Its first token is a near tie ("The" -1.88, "L" -1.97 in float32) that bf16

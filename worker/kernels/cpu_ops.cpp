@@ -17,7 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
+#include <cstring>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -507,129 +507,83 @@ void argmax(const at::Tensor& x, at::Tensor& out) {
 }
 
 #if defined(__AVX512BF16__)
-// out [m, n] = x [m, k] @ w [n, k]^T (+ bias), x and w bf16, out bf16 or float, for a few rows of x
-// (decode at a small batch). Such a product reads every weight once and does little with it, so it
-// runs at the speed the weights stream from memory; oneDNN's bf16 path reached ~6 GB/s of the ~11 one
-// core streams here. Each weight row is read once for all m rows: VDPBF16PS products are exact in
-// float and summed in float, then rounded once, as F.linear does, or stored as they are (logits). Any
-// m is served, but from 4 rows on oneDNN's GEMM on reordered weights is the faster (2-3x at 16-64).
-constexpr int64_t kBlock = 4;
+// out [m, n] = x [m, k] @ w [n, k]^T (+ bias), x bf16, out bf16 or float, with w packed once as panels
+// of 16 output columns, [ceil(n / 16), k / 2, 16, 2] (worker/kernels/linear.py): each VDPBF16PS takes
+// one pair of x broadcast against a panel's 16 columns, products exact in float and summed in float.
+// A tile of kRows rows by kPanels panels keeps its sums in registers (no horizontal sums), loads
+// each weight vector once for all its rows and each x pair once for all its panels, so decode at a
+// few rows streams the weights at memory speed and larger batches stay in L1 per panel group.
+template <int64_t kRows, int64_t kPanels, typename OutT>
+inline void panel_tile(const uint16_t* xp, int64_t xs, const uint16_t* panels, int64_t k, const float* bias,
+                       OutT* op, int64_t os, int64_t cols) {
+  __m512 acc[kRows][kPanels];
+  for (int64_t r = 0; r < kRows; ++r)
+    for (int64_t c = 0; c < kPanels; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < k / 2; ++p) {
+    __m512bh wv[kPanels];
+    for (int64_t c = 0; c < kPanels; ++c) wv[c] = (__m512bh)_mm512_loadu_si512(panels + c * 16 * k + 32 * p);
+    for (int64_t r = 0; r < kRows; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, xp + r * xs + 2 * p, sizeof(pair));
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(pair));
+      for (int64_t c = 0; c < kPanels; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], xv, wv[c]);
+    }
+  }
+  for (int64_t c = 0; c < kPanels; ++c) {
+    const int64_t left = cols - 16 * c;
+    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + 16 * c) : _mm512_setzero_ps();
+    for (int64_t r = 0; r < kRows; ++r) {
+      const __m512 v = _mm512_add_ps(acc[r][c], b);
+      if constexpr (std::is_same_v<OutT, float>) {
+        _mm512_mask_storeu_ps(op + r * os + 16 * c, mask, v);
+      } else {  // round to nearest even, as from_float
+        _mm256_mask_storeu_epi16(op + r * os + 16 * c, mask, (__m256i)_mm512_cvtneps_pbh(v));
+      }
+    }
+  }
+}
 
-template <int64_t kRows, typename OutT>
-inline void dot_rows(const uint16_t* xp, int64_t xs, const uint16_t* wr, int64_t k, float b, OutT* op,
-                     int64_t os) {
-  const int64_t full = k / 32, tail = k % 32;
-  __m512 acc[kRows];
-  for (int64_t r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < full; ++c) {
-    const __m512bh wv = (__m512bh)_mm512_loadu_si512(wr + 32 * c);
-    for (int64_t r = 0; r < kRows; ++r) {
-      acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(xp + r * xs + 32 * c), wv);
-    }
+// Every row of x against kPanels panels: tiles of 6 rows, then the rest.
+template <int64_t kPanels, typename OutT>
+inline void panel_rows(const uint16_t* xp, int64_t m, int64_t xs, const uint16_t* panels, int64_t k,
+                       const float* bias, OutT* o, int64_t os, int64_t cols) {
+  constexpr int64_t kRows = 6;
+  int64_t r = 0;
+  for (; r + kRows <= m; r += kRows) {
+    panel_tile<kRows, kPanels>(xp + r * xs, xs, panels, k, bias, o + r * os, os, cols);
   }
-  if (tail) {
-    const __mmask32 mask = static_cast<__mmask32>((1ull << tail) - 1);
-    const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mask, wr + 32 * full);
-    for (int64_t r = 0; r < kRows; ++r) {
-      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, xp + r * xs + 32 * full);
-      acc[r] = _mm512_dpbf16_ps(acc[r], xv, wv);
-    }
+  switch (m - r) {
+    case 5: panel_tile<5, kPanels>(xp + r * xs, xs, panels, k, bias, o + r * os, os, cols); break;
+    case 4: panel_tile<4, kPanels>(xp + r * xs, xs, panels, k, bias, o + r * os, os, cols); break;
+    case 3: panel_tile<3, kPanels>(xp + r * xs, xs, panels, k, bias, o + r * os, os, cols); break;
+    case 2: panel_tile<2, kPanels>(xp + r * xs, xs, panels, k, bias, o + r * os, os, cols); break;
+    case 1: panel_tile<1, kPanels>(xp + r * xs, xs, panels, k, bias, o + r * os, os, cols); break;
+    default: break;
   }
-  for (int64_t r = 0; r < kRows; ++r) op[r * os] = from_float<OutT>(_mm512_reduce_add_ps(acc[r]) + b);
 }
 
 template <typename OutT>
-void bf16_linear_rows(const at::Tensor& x, const at::Tensor& w, const at::BFloat16* bias, at::Tensor& out) {
-  const int64_t m = x.size(0), n = w.size(0), k = w.size(1), xs = x.stride(0), os = out.stride(0);
+void panel_linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at::Tensor& out) {
+  constexpr int64_t kPanels = 4;
+  const int64_t m = x.size(0), k = x.size(1), n = out.size(1), xs = x.stride(0), os = out.stride(0);
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
-  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  const auto* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
   OutT* op = out.data_ptr<OutT>();
-  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const uint16_t* wr = wp + j * k;
-      const float b = bias ? to_float(bias[j]) : 0.f;
-      int64_t r = 0;
-      for (; r + kBlock <= m; r += kBlock) dot_rows<kBlock>(xp + r * xs, xs, wr, k, b, op + r * os + j, os);
-      switch (m - r) {
-        case 3: dot_rows<3>(xp + r * xs, xs, wr, k, b, op + r * os + j, os); break;
-        case 2: dot_rows<2>(xp + r * xs, xs, wr, k, b, op + r * os + j, os); break;
-        case 1: dot_rows<1>(xp + r * xs, xs, wr, k, b, op + r * os + j, os); break;
-        default: break;
-      }
-    }
-  });
-}
-#endif
-
-// Whether bf16_linear serves x [m, k] and w [n, k] on this CPU (bf16, rows contiguous).
-bool bf16_linear_fits(const at::Tensor& x, const at::Tensor& w) {
-#if defined(__AVX512BF16__)
-  return x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 &&
-         x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1) && x.size(0) >= 1 && x.stride(1) == 1 &&
-         w.is_contiguous();
-#else
-  (void)x;
-  (void)w;
-  return false;
-#endif
-}
-
-void bf16_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                 at::Tensor& out) {
-  TORCH_CHECK(bf16_linear_fits(x, w) && out.dim() == 2 && out.size(0) == x.size(0) &&
-                  out.size(1) == w.size(0) && out.stride(1) == 1 &&
-                  (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kFloat),
-              "bf16_linear: bf16 x [m, k], w [n, k] contiguous, out [m, n] bf16 or float, on a CPU with "
-              "AVX512-BF16");
-  TORCH_CHECK(!bias || (bias->scalar_type() == at::kBFloat16 && bias->is_contiguous() &&
-                        bias->numel() == w.size(0)), "bf16_linear: bias must be bf16 [n]");
-#if defined(__AVX512BF16__)
-  const at::BFloat16* b = bias ? bias->data_ptr<at::BFloat16>() : nullptr;
-  if (out.scalar_type() == at::kFloat) {
-    bf16_linear_rows<float>(x, w, b, out);
-  } else {
-    bf16_linear_rows<at::BFloat16>(x, w, b, out);
-  }
-#endif
-}
-
-#if defined(__AVX512BF16__)
-// out [m, n] = logits [m, n] (bf16, the product of x [m, k] and w [n, k]) widened to float, with every
-// value that may be its row's true maximum replaced by its exact float product: a rounded value is off
-// by at most half its ulp, so those within two ulps of the row's rounded maximum.
-void exact_near_max_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& logits, at::Tensor& out) {
-  const int64_t m = logits.size(0), n = logits.size(1), k = w.size(1);
-  const int64_t xs = x.stride(0), ls = logits.stride(0), os = out.stride(0);
-  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
-  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
-  const at::BFloat16* lp = logits.data_ptr<at::BFloat16>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, m, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const at::BFloat16* lr = lp + r * ls;
-      float* orow = op + r * os;
-      __m512 tops = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-      for (int64_t j = 0; j < n; j += 16) {  // widen and take the maximum in one pass
-        const __mmask16 tail = n - j >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                           : static_cast<__mmask16>((1u << (n - j)) - 1);
-        const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(tail, lr + j)), 16));
-        _mm512_mask_storeu_ps(orow + j, tail, v);
-        tops = _mm512_mask_max_ps(tops, tail, tops, v);
-      }
-      const float top = _mm512_reduce_max_ps(tops);
-      int exponent = 0;
-      std::frexp(top, &exponent);
-      const float floor = top - std::ldexp(1.f / 128.f, exponent);  // bf16's epsilon is 2^-7
-      const __m512 below = _mm512_set1_ps(floor);
-      for (int64_t j = 0; j < n; j += 16) {
-        const __mmask16 tail = n - j >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                           : static_cast<__mmask16>((1u << (n - j)) - 1);
-        __mmask16 near = _mm512_mask_cmp_ps_mask(tail, _mm512_maskz_loadu_ps(tail, orow + j), below, _CMP_GE_OQ);
-        while (near) {
-          const int64_t c = j + __builtin_ctz(near);
-          near &= near - 1;
-          dot_rows<1>(xp + r * xs, xs, wp + c * k, k, 0.f, orow + c, os);
+  const int64_t num_panels = (n + 15) / 16;
+  at::parallel_for(0, (num_panels + kPanels - 1) / kPanels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t first = g * kPanels, count = std::min(kPanels, num_panels - first);
+      const uint16_t* panels = wp + first * 16 * k;
+      const float* b = bias ? bias + 16 * first : nullptr;
+      OutT* o = op + 16 * first;
+      const int64_t cols = n - 16 * first;
+      if (count == kPanels) {
+        panel_rows<kPanels>(xp, m, xs, panels, k, b, o, os, cols);
+      } else {
+        for (int64_t c = 0; c < count; ++c) {
+          panel_rows<1>(xp, m, xs, panels + c * 16 * k, k, b ? b + 16 * c : nullptr, o + 16 * c, os,
+                        cols - 16 * c);
         }
       }
     }
@@ -637,13 +591,37 @@ void exact_near_max_rows(const at::Tensor& x, const at::Tensor& w, const at::Ten
 }
 #endif
 
-void exact_near_max(const at::Tensor& x, const at::Tensor& w, const at::Tensor& logits, at::Tensor& out) {
-  TORCH_CHECK(bf16_linear_fits(x, w) && logits.dim() == 2 && logits.scalar_type() == at::kBFloat16 &&
-                  logits.size(0) == x.size(0) && logits.size(1) <= w.size(0) && logits.stride(1) == 1 &&
-                  out.sizes() == logits.sizes() && out.scalar_type() == at::kFloat && out.stride(1) == 1,
-              "exact_near_max: bf16 x [m, k], w [n, k], logits [m, <= n]; float out [m, n]");
+// Whether this build has the panel kernel (a CPU with AVX512-BF16).
+bool has_bf16_panels() {
 #if defined(__AVX512BF16__)
-  exact_near_max_rows(x, w, logits, out);
+  return true;
+#else
+  return false;
+#endif
+}
+
+void bf16_panel_linear(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
+                       at::Tensor& out) {
+  TORCH_CHECK(has_bf16_panels(), "bf16_panel_linear: needs a CPU with AVX512-BF16");
+  check_rows(x, "x");
+  check_rows(out, "out");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && packed.dim() == 4 &&
+                  packed.scalar_type() == at::kBFloat16 && packed.is_contiguous() && packed.size(2) == 16 &&
+                  packed.size(3) == 2 && x.size(1) == 2 * packed.size(1),
+              "bf16_panel_linear: bf16 x [m, k] and packed [panels, k / 2, 16, 2]");
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == x.size(0) && out.size(1) <= 16 * packed.size(0) &&
+                  out.size(1) > 16 * (packed.size(0) - 1) &&
+                  (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kFloat),
+              "bf16_panel_linear: out [m, n] bf16 or float, n within the last panel");
+  TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
+                        bias->numel() == out.size(1)), "bf16_panel_linear: bias must be float [n]");
+#if defined(__AVX512BF16__)
+  const float* b = bias ? bias->data_ptr<float>() : nullptr;
+  if (out.scalar_type() == at::kFloat) {
+    panel_linear<float>(x, packed, b, out);
+  } else {
+    panel_linear<at::BFloat16>(x, packed, b, out);
+  }
 #endif
 }
 
@@ -658,7 +636,6 @@ TORCH_LIBRARY(busstop_cpu, m) {
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
         "Tensor kv_lens, float scale, Tensor(a!) out) -> ()", &paged_decode_attention);
   m.def("argmax(Tensor x, Tensor(a!) out) -> ()", &argmax);
-  m.def("bf16_linear_fits(Tensor x, Tensor w) -> bool", &bf16_linear_fits);
-  m.def("bf16_linear(Tensor x, Tensor w, Tensor? bias, Tensor(a!) out) -> ()", &bf16_linear);
-  m.def("exact_near_max(Tensor x, Tensor w, Tensor logits, Tensor(a!) out) -> ()", &exact_near_max);
+  m.def("has_bf16_panels() -> bool", &has_bf16_panels);
+  m.def("bf16_panel_linear(Tensor x, Tensor packed, Tensor? bias, Tensor(a!) out) -> ()", &bf16_panel_linear);
 }
