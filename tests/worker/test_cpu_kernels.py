@@ -149,7 +149,7 @@ def test_bf16_panel_linear_matches_a_float64_product(rows: int, out_features: in
     g = torch.Generator().manual_seed(rows * in_features + out_features)
     w = torch.randn(out_features, in_features, generator=g).bfloat16()
     x = torch.randn(rows, in_features + 5, generator=g).bfloat16()[:, 3 : in_features + 3]  # strided rows
-    bias = torch.randn(out_features, generator=g) if with_bias else None
+    bias = torch.randn(out_features, generator=g).bfloat16() if with_bias else None
     got = torch.empty(rows, out_features, dtype=out_dtype)
     ops.bf16_panel_linear(x, linear_module.pack_panels(w), bias, got)
     want = torch.nn.functional.linear(x.double(), w.double(), None if bias is None else bias.double())

@@ -514,7 +514,7 @@ void argmax(const at::Tensor& x, at::Tensor& out) {
 // each weight vector once for all its rows and each x pair once for all its panels, so decode at a
 // few rows streams the weights at memory speed and larger batches stay in L1 per panel group.
 template <int64_t kRows, int64_t kPanels, typename OutT>
-inline void panel_tile(const uint16_t* xp, int64_t xs, const uint16_t* panels, int64_t k, const float* bias,
+inline void panel_tile(const uint16_t* xp, int64_t xs, const uint16_t* panels, int64_t k, const uint16_t* bias,
                        OutT* op, int64_t os, int64_t cols) {
   __m512 acc[kRows][kPanels];
   for (int64_t r = 0; r < kRows; ++r)
@@ -532,7 +532,9 @@ inline void panel_tile(const uint16_t* xp, int64_t xs, const uint16_t* panels, i
   for (int64_t c = 0; c < kPanels; ++c) {
     const int64_t left = cols - 16 * c;
     const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-    const __m512 b = bias ? _mm512_maskz_loadu_ps(mask, bias + 16 * c) : _mm512_setzero_ps();
+    const __m512 b = bias ? _mm512_castsi512_ps(_mm512_slli_epi32(  // bf16 bias, widened
+                                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, bias + 16 * c)), 16))
+                          : _mm512_setzero_ps();
     for (int64_t r = 0; r < kRows; ++r) {
       const __m512 v = _mm512_add_ps(acc[r][c], b);
       if constexpr (std::is_same_v<OutT, float>) {
@@ -547,7 +549,7 @@ inline void panel_tile(const uint16_t* xp, int64_t xs, const uint16_t* panels, i
 // Every row of x against kPanels panels: tiles of 6 rows, then the rest.
 template <int64_t kPanels, typename OutT>
 inline void panel_rows(const uint16_t* xp, int64_t m, int64_t xs, const uint16_t* panels, int64_t k,
-                       const float* bias, OutT* o, int64_t os, int64_t cols) {
+                       const uint16_t* bias, OutT* o, int64_t os, int64_t cols) {
   constexpr int64_t kRows = 6;
   int64_t r = 0;
   for (; r + kRows <= m; r += kRows) {
@@ -564,7 +566,7 @@ inline void panel_rows(const uint16_t* xp, int64_t m, int64_t xs, const uint16_t
 }
 
 template <typename OutT>
-void panel_linear(const at::Tensor& x, const at::Tensor& packed, const float* bias, at::Tensor& out) {
+void panel_linear(const at::Tensor& x, const at::Tensor& packed, const uint16_t* bias, at::Tensor& out) {
   constexpr int64_t kPanels = 4;
   const int64_t m = x.size(0), k = x.size(1), n = out.size(1), xs = x.stride(0), os = out.stride(0);
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
@@ -575,7 +577,7 @@ void panel_linear(const at::Tensor& x, const at::Tensor& packed, const float* bi
     for (int64_t g = begin; g < end; ++g) {
       const int64_t first = g * kPanels, count = std::min(kPanels, num_panels - first);
       const uint16_t* panels = wp + first * 16 * k;
-      const float* b = bias ? bias + 16 * first : nullptr;
+      const uint16_t* b = bias ? bias + 16 * first : nullptr;
       OutT* o = op + 16 * first;
       const int64_t cols = n - 16 * first;
       if (count == kPanels) {
@@ -613,10 +615,10 @@ void bf16_panel_linear(const at::Tensor& x, const at::Tensor& packed, const std:
                   out.size(1) > 16 * (packed.size(0) - 1) &&
                   (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kFloat),
               "bf16_panel_linear: out [m, n] bf16 or float, n within the last panel");
-  TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
-                        bias->numel() == out.size(1)), "bf16_panel_linear: bias must be float [n]");
+  TORCH_CHECK(!bias || (bias->scalar_type() == at::kBFloat16 && bias->is_contiguous() &&
+                        bias->numel() == out.size(1)), "bf16_panel_linear: bias must be bf16 [n]");
 #if defined(__AVX512BF16__)
-  const float* b = bias ? bias->data_ptr<float>() : nullptr;
+  const auto* b = bias ? reinterpret_cast<const uint16_t*>(bias->data_ptr<at::BFloat16>()) : nullptr;
   if (out.scalar_type() == at::kFloat) {
     panel_linear<float>(x, packed, b, out);
   } else {

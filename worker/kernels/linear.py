@@ -15,6 +15,7 @@ every linear weight. Off the CPU, or with ``BUSSTOP_CPU_KERNELS=false``, ``F.lin
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -81,7 +82,7 @@ def _panel_linear(ops: Any, x: torch.Tensor, panels: torch.Tensor, n: int, bias:
                   out_dtype: torch.dtype) -> torch.Tensor:
     out = torch.empty(x.shape[0], n, dtype=out_dtype)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    ops.bf16_panel_linear(x, panels, None if bias is None else bias.float(), out)
+    ops.bf16_panel_linear(x, panels, None if bias is None else bias.to(torch.bfloat16), out)
     return out
 
 
@@ -90,7 +91,7 @@ def _panels(ops: Any, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | N
     features, a CPU with AVX512-BF16), made on first use and again after the weight was written in
     place (its version counter moved)."""
     if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or weight.dim() != 2 or \
-            weight.shape[1] % 2 or not ops.has_bf16_panels():
+            weight.shape[1] % 2 or not _has_bf16_panels(ops):
         return None
     kept = getattr(weight, _PANELS, None)
     if kept is not None and kept[0] == weight._version:
@@ -98,6 +99,12 @@ def _panels(ops: Any, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | N
     panels = pack_panels(weight.detach())
     setattr(weight, _PANELS, (weight._version, panels))
     return panels
+
+
+@lru_cache(maxsize=1)
+def _has_bf16_panels(ops: Any) -> bool:
+    """Asked once, not in every matmul of every step."""
+    return bool(ops.has_bf16_panels())
 
 
 def _packed(weight: torch.Tensor) -> torch.Tensor | None:
