@@ -36,9 +36,10 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
 def weighted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, dict[str, str]]]:
     directory = tmp_path_factory.mktemp("tenant-shares")
     tenants = {"distill": 2.0, "curation": 1.0, "evals": 1.0}
-    api_keys = {t: f"sk-{t}-{secrets.token_hex(12)}" for t in tenants}
+    api_keys = {t: f"sk-{t}-{secrets.token_hex(12)}" for t in (*tenants, "web")}
     entries = [KeyEntry(sha256=hash_key(api_keys[t]), tenant=t, traffic_class=KeyClass.INTERNAL, weight=w)
                for t, w in tenants.items()]  # fmt: skip
+    entries.append(KeyEntry(sha256=hash_key(api_keys["web"]), tenant="web", traffic_class=KeyClass.PUBLIC))
     (directory / "keys.json").write_text(KeysFile(keys=entries).model_dump_json())
     env = {"BUSSTOP_KEYS_FILE": str(directory / "keys.json"),
            "BUSSTOP_ENGINE_MAX_NUM_SEQS": str(SLOTS_PER_WORKER)}  # fmt: skip
@@ -55,14 +56,14 @@ def ask(stack: LocalStack, api_key: str, max_tokens: int) -> ChatCompletion:
     )  # fmt: skip
 
 
-def block(stack: LocalStack, api_key: str, release: threading.Event) -> int:
-    """A batch-class stream that holds a slot until ``release``, then hangs up; the tokens it read."""
+def block(stack: LocalStack, api_key: str, release: threading.Event, traffic_class: str = "batch") -> int:
+    """A stream that holds a slot until ``release``, then hangs up; the tokens it read."""
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=api_key, max_retries=0)
     seen = 0
+    headers = {} if traffic_class == "interactive" else {"x-busstop-traffic-class": traffic_class}
     with client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Count to ten."}], max_tokens=BLOCKER_TOKENS,
-        temperature=0, stream=True, extra_body={"ignore_eos": True},
-        extra_headers={"x-busstop-traffic-class": "batch"},
+        temperature=0, stream=True, extra_body={"ignore_eos": True}, extra_headers=headers,
     ) as chunks:  # fmt: skip
         for chunk in chunks:
             seen += bool(chunk.choices and chunk.choices[0].delta.content)
@@ -81,9 +82,10 @@ def test_contending_tenants_are_admitted_by_weight_across_two_workers(
     stack, api_keys = weighted
     store = stack.redis.client()
     with ThreadPoolExecutor(max_workers=2 * NUM_PER_TENANT + 2 * SLOTS_PER_WORKER) as pool:
-        # Fill every slot of both workers first, so the two floods queue up behind them and contend.
+        # Fill every slot of both workers with interactive streams first (a batch tenant's would lose
+        # slots to the floods' tenants, below their share), so the floods queue up and contend.
         release = threading.Event()
-        blockers = [pool.submit(block, stack, api_keys["evals"], release)
+        blockers = [pool.submit(block, stack, api_keys["web"], release, "interactive")
                     for _ in range(2 * SLOTS_PER_WORKER)]
         wait_until(lambda: sum(b.num_running for b in heartbeats(store)) == 2 * SLOTS_PER_WORKER)
         order = ["distill", "curation"] * NUM_PER_TENANT
@@ -121,4 +123,24 @@ def test_the_charge_is_settled_to_the_tokens_served(weighted: tuple[LocalStack, 
     start = max(before.values(), default=0.0)
     expected = start + done.usage.prompt_tokens + done.usage.completion_tokens
     assert float(store.hget(counters, "curation")) == pytest.approx(expected)
+    store.close()
+
+
+def test_a_tenant_with_no_slot_takes_one_from_a_tenant_holding_them_all(
+    weighted: tuple[LocalStack, dict[str, str]],
+) -> None:
+    """A batch tenant's streams hold every slot of both workers for minutes: another tenant's request of
+    the same class still runs now, on a slot taken from them (preempted, it resumes later)."""
+    stack, api_keys = weighted
+    store = stack.redis.client()
+    with ThreadPoolExecutor(max_workers=2 * SLOTS_PER_WORKER + 1) as pool:
+        release = threading.Event()
+        blockers = [pool.submit(block, stack, api_keys["evals"], release)
+                    for _ in range(2 * SLOTS_PER_WORKER)]
+        wait_until(lambda: sum(b.num_running for b in heartbeats(store)) == 2 * SLOTS_PER_WORKER)
+        done = ask(stack, api_keys["curation"], 8)
+        assert done.usage is not None and done.usage.completion_tokens == 8
+        assert not any(b.done() for b in blockers)  # they still hold the rest
+        release.set()
+        assert all(0 < b.result(timeout=300) < BLOCKER_TOKENS for b in blockers)
     store.close()

@@ -17,6 +17,7 @@ from worker.engine.runner import ModelRunner
 from worker.engine.sampling_params import SamplingParams
 from worker.engine.scheduler import Scheduler
 from worker.engine.sequence import Sequence
+from worker.engine.tenant_share import TenantShare
 from worker.model.llama import LlamaForCausalLM
 
 __all__ = ["Capacity", "Engine", "EngineBroken", "EngineStats", "RequestOutput", "TokenLogprobs", "generate"]
@@ -58,8 +59,9 @@ class Engine:
     def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: int = 0, arrival_time: float | None = None,
                     output_token_ids: SequenceOf[int] = (),
-                    constraint: TokenConstraint | None = None) -> None:
-        """Queue a request (priority: lower runs first; arrival_time: time.time() seconds).
+                    constraint: TokenConstraint | None = None, share: TenantShare | None = None) -> None:
+        """Queue a request (priority: lower runs first; arrival_time: time.time() seconds; share: its
+        tenant, whose slot share within its class it runs in).
 
         output_token_ids are tokens already produced for it (a resumed request): context that counts
         toward max_tokens and is not emitted again; a ``constraint`` (structured output) replays them.
@@ -98,8 +100,9 @@ class Engine:
         if params.seed is not None:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(params.seed)
-        seq = Sequence(req_id, list(prompt_token_ids), params, priority,
-                       time.time() if arrival_time is None else arrival_time, outputs, generator, constraint)
+        arrival = time.time() if arrival_time is None else arrival_time
+        seq = Sequence(req_id, list(prompt_token_ids), params, priority, arrival, outputs, generator,
+                       constraint, share)
         self._seqs[req_id] = seq
         self._newcomers.add(req_id)
         self.scheduler.add(seq)

@@ -12,10 +12,13 @@ that sat in Redis before a worker took it has not been passed over by this sched
 sequence earned while waiting stays with it while it runs and after a preemption.
 
 When pages run out a running sequence is preempted by recompute (its pages freed, its tokens
-prefilled again later): the victim is the lowest priority, then the latest arrival, possibly the
-sequence itself. A waiting request may also preempt running requests of a strictly lower priority
-(larger number) unless aging has already lifted them above it, so aging cannot be undone by a stream
-of fresh high-priority arrivals, and a preempted request can never preempt its preemptor back.
+prefilled again later): the victim is the lowest priority, then the tenant furthest above its share,
+then the latest arrival, possibly the sequence itself. A waiting request may also preempt running
+requests of a strictly lower priority (larger number) unless aging has already lifted them above it,
+so aging cannot be undone by a stream of fresh high-priority arrivals, and a preempted request can
+never preempt its preemptor back. Within a class, a waiting request whose tenant holds less than its
+weighted share of the slots may preempt one of a tenant above its share, and waiting requests of one
+class are admitted in order of their tenants' load (``tenant_share.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from worker.engine.config import EngineConfig
 from worker.engine.constraint import ConstraintError, TokenConstraint
 from worker.engine.sequence import Sequence, SequenceStatus
 from worker.engine.step_shaping import StepBudget, StepShaper
+from worker.engine.tenant_share import order_by_share, page_victim, share_victim
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,11 @@ class Scheduler:
                     continue
                 step.grow_running(seq)
 
-        candidates = sorted([s for s in self.running if include(s) and s.req_id not in step.scheduled
-                             and s.req_id not in step.held_back]
-                            + [s for s in self.waiting if include(s) and s.req_id not in step.preempted],
-                            key=key)
+        candidates = order_by_share(sorted(
+            [s for s in self.running if include(s) and s.req_id not in step.scheduled
+             and s.req_id not in step.held_back]
+            + [s for s in self.waiting if include(s) and s.req_id not in step.preempted], key=key),
+            self.running)
         is_admitting = True  # once a waiting sequence does not fit, none after it is admitted
         for seq in candidates:
             if step.budget <= 0:
@@ -141,6 +146,8 @@ class Scheduler:
             elif is_admitting:
                 # Running sequences further down still get their prompt chunks: they hold their slot.
                 is_admitting = limit >= 1 and step.admit(seq, key, limit)
+            elif limit >= 1 and share_victim(seq, self.running) is not None:
+                step.admit(seq, key, limit)  # its tenant is below its share: it takes a slot from above
 
     def _admit(self, seq: Sequence, page_ids: list[int], hashes: list[int]) -> None:
         self.block_manager.take_prefix(seq, page_ids, hashes)
@@ -250,7 +257,7 @@ class _Step:
         n = min(seq.num_uncomputed_tokens, self.budget, cap)
         running = self.scheduler.running
         while self.bm.num_new_pages_needed(seq, seq.num_computed_tokens + n) > self.bm.num_free_pages:
-            victim = max(running, key=lambda s: (s.priority, s.arrival_time))
+            victim = page_victim(running)
             self.preempt(victim)
             if victim is seq:
                 return False
@@ -280,9 +287,12 @@ class _Step:
 
     def _preempt_lower(self, seq: Sequence, key: Callable[[Sequence], tuple[float, float]]) -> bool:
         """Preempt the lowest-priority, latest running sequence below seq both by priority and by
-        aged priority; False if there is none."""
-        victims = [s for s in self.scheduler.running if s.priority > seq.priority and key(s) > key(seq)]
-        if not victims:
+        aged priority, else one of seq's class whose tenant is above its share; False if none."""
+        running = self.scheduler.running
+        victims = [s for s in running if s.priority > seq.priority and key(s) > key(seq)]
+        victim = max(victims, key=lambda s: (s.priority, s.arrival_time)) if victims else None
+        victim = victim or share_victim(seq, running)
+        if victim is None:
             return False
-        self.preempt(max(victims, key=lambda s: (s.priority, s.arrival_time)))
+        self.preempt(victim)
         return True

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 import torch
 
 from worker.engine.constraint import TokenConstraint
 from worker.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from worker.engine.tenant_share import TenantShare
 
 
 class SequenceStatus(enum.Enum):
@@ -24,7 +28,7 @@ class Sequence:
 
     def __init__(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams, priority: int,
                  arrival_time: float, output_token_ids: list[int], generator: torch.Generator | None,
-                 constraint: TokenConstraint | None = None) -> None:
+                 constraint: TokenConstraint | None = None, share: TenantShare | None = None) -> None:
         self.req_id = req_id
         self.params = params
         self.priority = priority
@@ -45,6 +49,7 @@ class Sequence:
         self.error: str | None = None  # with finish_reason "error": why
         self.generator = generator
         self.constraint = constraint  # structured output: which tokens may come next
+        self.share = share  # the tenant whose slot share it runs in (tenant_share.py); None: no tenant
 
     @property
     def num_tokens(self) -> int:

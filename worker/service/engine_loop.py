@@ -20,6 +20,7 @@ from worker.engine.constraint import TokenConstraint
 from worker.engine.cpu_cores import pin_current_thread
 from worker.engine.outputs import Capacity, EngineStats, RequestOutput
 from worker.engine.sampling_params import SamplingParams
+from worker.engine.tenant_share import TenantShare
 from worker.service.prepare import PreparedRequest
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 class AddCommand:
     request: PreparedRequest
     output_token_ids: tuple[int, ...] = ()  # already sent, for a resumed request
+    share: TenantShare | None = None  # an internal request's tenant, from its tenant stream
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ class ServedEngine(Protocol):
     def add_request(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: int = 0, arrival_time: float | None = None,
                     output_token_ids: SequenceOf[int] = (),
-                    constraint: TokenConstraint | None = None) -> None: ...
+                    constraint: TokenConstraint | None = None,
+                    share: TenantShare | None = None) -> None: ...
     def abort(self, req_id: str) -> None: ...
     def has_unfinished(self) -> bool: ...
     def step(self) -> list[RequestOutput]: ...
@@ -123,6 +126,7 @@ class EngineLoop:
                 arrival_time=req.arrival_time or None,
                 output_token_ids=command.output_token_ids,
                 constraint=req.constraint,
+                share=command.share,
             )
         except Exception as exc:  # noqa: BLE001 - a request the engine cannot take fails alone
             rejected.append((req.req_id, str(exc) if isinstance(exc, ValueError) else repr(exc)))

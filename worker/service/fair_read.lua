@@ -3,8 +3,10 @@
 -- KEYS[2]: the tenants that had queued work at the last pick (hash tenant -> 1),
 -- KEYS[3..]: each tenant's request stream.
 -- ARGV[1]: the consumer group, ARGV[2]: the worker (consumer), ARGV[3]: how many to take,
--- ARGV[4]: n, the number of tenants (#KEYS - 2), then n tenant names, then n weights,
--- then pairs (tenant index, cost) of requests this worker already read (a blocking read) to charge.
+-- ARGV[4]: n, the number of tenants (#KEYS - 2), then n tenant names, then n weights, then n flags
+-- ("1": requests may be taken from it; "0": it is only counted, and the read stops when the
+-- counters' next pick is it), then pairs (tenant index, cost) of
+-- requests this worker already read (a blocking read) to charge.
 -- Returns the counters of the n tenants (as strings), then one {tenant index, id, data, cost} per
 -- request taken.
 --
@@ -17,10 +19,11 @@
 local counters, busy_key = KEYS[1], KEYS[2]
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
-local names, weights, streams = {}, {}, {}
+local names, weights, takeable, streams = {}, {}, {}, {}
 for i = 1, n do
   names[i] = ARGV[4 + i]
   weights[i] = tonumber(ARGV[4 + n + i])
+  takeable[i] = ARGV[4 + 2 * n + i] == '1'
   streams[i] = KEYS[2 + i]
 end
 
@@ -68,7 +71,7 @@ for i = 1, n do
   highest = math.max(highest, counter[i])
 end
 local charged = {}
-for j = 5 + 2 * n, #ARGV, 2 do
+for j = 5 + 3 * n, #ARGV, 2 do
   local i = tonumber(ARGV[j])
   charged[#charged + 1] = {i, tonumber(ARGV[j + 1])}
   queued[i] = true  -- it had work: this worker just read it
@@ -111,8 +114,8 @@ while #taken < count do
       best = i
     end
   end
-  if best == nil then
-    break
+  if best == nil or not takeable[best] then
+    break  -- the counters' next pick is a tenant this read may not take: it waits for a free slot
   end
   local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', streams[best], '>')
   local entry = reply and reply[1] and reply[1][2][1]

@@ -10,7 +10,7 @@ difference between what it was charged and the tokens it took (``Charge.settleme
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,38 @@ class FairIntake:
             if s.partition == partition and s.tenant and s.traffic_class in classes
         ]
 
+    def streams_of(self, partition: int, traffic_class: TrafficClass, tenants: frozenset[str]) -> list[str]:
+        """The streams of ``tenants`` in ``traffic_class`` and ``partition`` (the class's own stream
+        for the untenanted, "")."""
+        return [
+            name for name, s in self._streams.items()
+            if s.partition == partition and s.traffic_class is traffic_class and s.tenant in tenants
+        ]
+
+    def below_share(
+        self, traffic_class: TrafficClass, active: Iterable[tuple[str, float]], num_slots: int
+    ) -> frozenset[str]:
+        """The known tenants of ``traffic_class`` below their weighted share of the worker's
+        ``num_slots``, counting its ``active`` (tenant, weight) requests of the class: one more request
+        of theirs would find a running one of a tenant above its share to preempt (the engine's rule,
+        ``worker/engine/tenant_share.py``), and would not take them past their share. A full worker
+        reads their requests anyway, when the counters pick them next."""
+        counts: dict[str, int] = {}
+        weights: dict[str, float] = {}
+        for tenant, weight in active:
+            counts[tenant] = counts.get(tenant, 0) + 1
+            weights[tenant] = weight
+        highest = max((n / weights[t] for t, n in counts.items()), default=0.0)
+        total_weight = sum(weights.values())
+
+        def is_below(s: TenantStream) -> bool:
+            n = counts.get(s.tenant, 0)
+            share = num_slots * s.weight / (total_weight + (0.0 if s.tenant in counts else s.weight))
+            return (n + 1) / s.weight < highest and n + 1 <= share
+
+        return frozenset(s.tenant for s in self._streams.values()
+                         if s.traffic_class is traffic_class and is_below(s))
+
     async def found_new_tenants(self, partitions: int) -> bool:
         """Whether gateways registered tenants of the internal classes not seen so far (reads the
         registries: one HGETALL per class and partition)."""
@@ -91,16 +123,19 @@ class FairIntake:
         return out
 
     async def read(
-        self, traffic_class: TrafficClass, partition: int, count: int, already: Sequence[IntakeMessage] = ()
+        self, traffic_class: TrafficClass, partition: int, count: int, already: Sequence[IntakeMessage] = (),
+        only: frozenset[str] | None = None,
     ) -> list[IntakeMessage]:
-        """Up to ``count`` new requests in tenant-share order; charges ``already`` (messages of this
-        class and partition a blocking read took) first. Returns the new ones, ``already`` charged."""
+        """Up to ``count`` new requests in tenant-share order (of the tenants in ``only``, if given);
+        charges ``already`` (messages of this class and partition a blocking read took) first. Returns
+        the new ones, ``already`` charged."""
         tenants = await self.tenants(traffic_class, partition)
         index = {self._name(t): i for i, t in enumerate(tenants, start=1)}
         charged = [m for m in already if m.message.stream in index]
         pairs = [str(v) for m in charged for v in (index[m.message.stream], m.cost or 1.0)]
+        takeable = ["1" if only is None or t.tenant in only else "0" for t in tenants]
         args: list[Any] = [keys.WORKER_GROUP, self._consumer, count, len(tenants)]
-        args += [t.tenant for t in tenants] + [repr(t.weight) for t in tenants] + pairs
+        args += [t.tenant for t in tenants] + [repr(t.weight) for t in tenants] + takeable + pairs
         streams = [self._name(t) for t in tenants]
         reply = await _FAIR_READ(self._redis, [self._counters(traffic_class, partition), self._busy(
             traffic_class, partition), *streams], args)

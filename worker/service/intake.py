@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,10 @@ async def read_new(
     blocking: BlockingReads | None = None,
     fair: FairIntake | None = None,
     poll: tuple[TrafficClass, ...] | None = None,
+    shares: Mapping[TrafficClass, frozenset[str]] | None = None,
 ) -> list[IntakeMessage]:
-    """Up to ``count`` new messages of ``classes``, higher classes first.
+    """Up to ``count`` new messages of ``classes``, higher classes first; and of each class in
+    ``shares``, one more of the tenants named there (below their share of the engine's slots).
 
     Without ``block_ms`` every stream is polled in class order (partitions from a random one on, so
     none waits behind the others). With it, and nothing waiting, one blocking read per partition
@@ -89,19 +92,27 @@ async def read_new(
     first = random.randrange(partitions)
     order = [(first + i) % partitions for i in range(partitions)]
     taken: list[IntakeMessage] = []
-    for tc in classes if poll is None or block_ms is None else [c for c in classes if c in poll]:
-        for p in order:
-            if len(taken) >= count:
-                return taken
-            if fair is not None and tc in keys.FAIR_CLASSES:
-                taken.extend(await fair.read(tc, p, count - len(taken)))
-                continue
-            stream = keys.request_stream(model, tc, p)
-            reply: Any = await redis.xreadgroup(
-                keys.WORKER_GROUP, consumer, {stream: ">"}, count=count - len(taken)
-            )
-            for name, entries in reply or []:
-                taken.extend(_messages(name, entries, reclaimed=False))
+    polled = [(tc, p) for tc in classes if poll is None or block_ms is None or tc in poll for p in order]
+    for tc, p in polled:
+        if len(taken) >= count:
+            break
+        if fair is not None and tc in keys.FAIR_CLASSES:
+            taken.extend(await fair.read(tc, p, count - len(taken)))
+            continue
+        stream = keys.request_stream(model, tc, p)
+        reply: Any = await redis.xreadgroup(
+            keys.WORKER_GROUP, consumer, {stream: ">"}, count=count - len(taken)
+        )
+        for name, entries in reply or []:
+            taken.extend(_messages(name, entries, reclaimed=False))
+    shares = shares if fair is not None and shares else {}
+    for tc, tenants in shares.items():
+        if poll is None or block_ms is None or tc in poll:
+            for p in order:
+                got = await fair.read(tc, p, 1, only=tenants)  # type: ignore[union-attr]
+                taken.extend(got)
+                if got:
+                    break
     if taken or block_ms is None:
         return taken
     if blocking is None:
@@ -109,7 +120,9 @@ async def read_new(
             raise ValueError("a blocking read of several partitions needs BlockingReads")
         blocking = BlockingReads()
     groups = [[keys.request_stream(model, tc, p) for tc in classes]
-              + (fair.known_streams(p, classes) if fair is not None else []) for p in order]
+              + (fair.known_streams(p, classes) if fair is not None else [])
+              + [name for tc, who in shares.items() for name in fair.streams_of(p, tc, who)]  # type: ignore[union-attr]
+              for p in order]
     woken = await blocking.wait(redis, consumer, groups, block_ms)
     return woken if fair is None else await fair.charge(woken)
 
@@ -297,7 +310,8 @@ class Intake:
         await ensure_groups(self._redis, self._model, self._partitions, self.fair)
 
     async def read_new(
-        self, count: int, block_ms: int | None, classes: tuple[TrafficClass, ...] = CLASS_ORDER
+        self, count: int, block_ms: int | None, classes: tuple[TrafficClass, ...] = CLASS_ORDER,
+        shares: Mapping[TrafficClass, frozenset[str]] | None = None,
     ) -> list[IntakeMessage]:
         r, m, c, p = self._redis, self._model, self._consumer, self._partitions
         if any(tc in self._quiet for tc in keys.FAIR_CLASSES) and time.monotonic() >= self._next_tenant_check:
@@ -307,12 +321,15 @@ class Intake:
         poll = tuple(tc for tc in classes if tc not in self._quiet)
         if any(tc in poll for tc in keys.FAIR_CLASSES):  # polling them reads their registries
             self._next_tenant_check = time.monotonic() + self.TENANT_CHECK_S
-        taken = await read_new(r, m, c, count, block_ms, classes, p, self._blocking, self.fair, poll)
-        if len(taken) >= count:  # stopped at count: more may be queued anywhere
-            self._quiet -= set(classes)
+        shares = shares or {}
+        taken = await read_new(r, m, c, count, block_ms, classes, p, self._blocking, self.fair, poll, shares)
+        took = {keys.class_of_request_stream(msg.message.stream) for msg in taken}
+        if sum(1 for msg in taken if keys.class_of_request_stream(msg.message.stream) in classes) >= count:
+            self._quiet -= set(classes)  # stopped at count: more may be queued anywhere
         else:  # drained; a blocking read takes one per stream, so where it took one, more may follow
             self._quiet |= set(classes)
-            self._quiet -= {keys.class_of_request_stream(msg.message.stream) for msg in taken}
+        self._quiet |= set(shares)  # a class read for shares took at most one: drained unless it took it
+        self._quiet -= took
         return taken
 
     async def take_over(self, count: int, dead_idle_ms: int, orphan_idle_ms: int) -> list[IntakeMessage]:

@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from shared import keys
 from shared.messages import (
+    CLASS_RANK,
     ReplyEvent,
     ReplyKind,
     TrafficClass,
@@ -24,6 +25,7 @@ from shared.messages import (
     WorkerHeartbeat,
 )
 from shared.retry import FOREVER, REDIS_ERRORS, RetryPolicy
+from worker.engine.tenant_share import TenantShare
 from worker.service import intake
 from worker.service.admission import plan_intake
 from worker.service.beat import HeartbeatThread
@@ -196,17 +198,32 @@ class WorkerService:
                 await asyncio.sleep(FOREVER.delay_s(attempt))
                 attempt += 1
 
+    def _below_share(self, classes: tuple[TrafficClass, ...]) -> dict[TrafficClass, frozenset[str]]:
+        """With no room for the lowest class held, its tenants below their share of this worker's
+        slots: their requests are read anyway (in the counters' order), and take a slot from a tenant
+        above its share."""
+        lowest = [tc for tc in intake.CLASS_ORDER if tc not in classes]
+        if not lowest or lowest[0] not in keys.FAIR_CLASSES:
+            return {}
+        rank = CLASS_RANK[lowest[0]]
+        active = [(r.charge.tenant, r.charge.weight) for r in self._tracker.active.values()
+                  if r.priority == rank and r.charge is not None]
+        num_slots = self._engine_loop.stats.num_running + self._engine_loop.capacity.num_free_seqs
+        tenants = self._intake.fair.below_share(lowest[0], active, num_slots)
+        return {lowest[0]: tenants} if tenants else {}
+
     async def _intake_once(self) -> None:
         count, classes = self._plan_intake()
-        if count == 0:  # no room: wait for some
+        shares = self._below_share(classes) if classes != intake.CLASS_ORDER else {}
+        if count == 0 and not shares:  # no room: wait for some
             self._capacity_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._capacity_changed.wait(), self.settings.heartbeat_interval_s)
             return
         if classes != intake.CLASS_ORDER:
-            # Only the classes above the work held: a short block, so that when lower classes may run
-            # again they are read within PREEMPTING_BLOCK_MS.
-            higher = await self._intake.read_new(count, PREEMPTING_BLOCK_MS, classes)
+            # Only the classes above the work held (and tenants below their share): a short block, so
+            # that when lower classes may run again they are read within PREEMPTING_BLOCK_MS.
+            higher = await self._intake.read_new(count, PREEMPTING_BLOCK_MS, classes, shares)
             if higher:
                 await self._take(higher)
             return
@@ -232,7 +249,9 @@ class WorkerService:
             request, resume = item
             self._tracker.start(request, message.message, resume, message.charge)
             self._num_submitted += 1
-            self._engine_loop.submit(AddCommand(request, tuple(resume.output_token_ids)))
+            charge = message.charge
+            share = None if charge is None else TenantShare(charge.tenant, charge.weight)
+            self._engine_loop.submit(AddCommand(request, tuple(resume.output_token_ids), share))
 
     async def _prepare(self, msg: intake.IntakeMessage) -> tuple[PreparedRequest, ResumeState] | None:
         """Parse, resume and tokenize one message; answers and acks it itself when it cannot run.

@@ -149,3 +149,54 @@ async def test_a_blocking_read_of_higher_classes_leaves_lower_tenant_streams_alo
     assert await redis.xlen(keys.request_stream(MODEL, BATCH, 0, "evals")) == 2
     [left] = await fair.read(BATCH, 0, 1)
     assert tenant_of(left) == "evals"
+
+
+async def test_a_full_worker_reads_only_tenants_below_their_share_of_its_slots(redis: Redis) -> None:
+    fair = FairIntake(redis, MODEL, "w1")
+    await put(redis, "flood", 6)
+    await put(redis, "sparse", 2)
+    await fair.read(BATCH, 0, 2)  # one of each: both streams known, both counters level
+    running = [("flood", 1.0)] * 4
+    below = fair.below_share(BATCH, running, 4)
+    assert below == {"sparse", ""}  # "": the class's own stream, no tenant holds a slot there
+    # Two tenants active: a share is half the slots. Reads for a tenant stop at its share.
+    assert fair.below_share(BATCH, running + [("sparse", 1.0)] * 2, 4) == {""}
+    assert fair.below_share(BATCH, running + [("sparse", 1.0)] * 2, 6) == {"sparse", ""}
+    higher = (TrafficClass.INTERACTIVE, TrafficClass.PRIORITY)
+    taken = await intake.read_new(redis, MODEL, "w1", 0, 200, higher, blocking=intake.BlockingReads(),
+                                  fair=fair, shares={BATCH: below})
+    assert [tenant_of(m) for m in taken] == ["sparse"]
+    flood_left = await redis.xlen(keys.request_stream(MODEL, BATCH, 0, "flood"))
+    pending = await redis.xpending(keys.request_stream(MODEL, BATCH, 0, "flood"), keys.WORKER_GROUP)
+    assert flood_left - pending["pending"] == 5  # none of the flood's queued requests was taken
+
+
+async def test_a_full_worker_is_woken_by_a_request_of_a_tenant_below_its_share(redis: Redis) -> None:
+    fair = FairIntake(redis, MODEL, "w1")
+    await put(redis, "flood", 3)
+    await put(redis, "sparse", 1)
+    await fair.read(BATCH, 0, 4)  # both drained: the worker blocks
+    higher = (TrafficClass.INTERACTIVE, TrafficClass.PRIORITY)
+    shares = {BATCH: fair.below_share(BATCH, [("flood", 1.0)] * 3, 3)}
+    blocking = intake.BlockingReads()
+    read = asyncio.create_task(intake.read_new(redis, MODEL, "w1", 0, 2000, higher, blocking=blocking,
+                                               fair=fair, poll=(), shares=shares))
+    await asyncio.sleep(0.1)
+    await put(redis, "flood", 1)  # above its share: stays queued
+    await redis.xadd(keys.request_stream(MODEL, BATCH, 0, "sparse"), {"data": "{}", "cost": "1"})
+    taken = await asyncio.wait_for(read, 3)
+    assert [m.message.stream for m in taken] == [keys.request_stream(MODEL, BATCH, 0, "sparse")]
+    blocking.cancel()
+
+
+async def test_a_read_for_shares_keeps_the_counters_order(redis: Redis) -> None:
+    """A full worker may take only some tenants' requests; when the counters pick another tenant next,
+    it takes none (it waits for a slot) rather than serve a tenant out of turn."""
+    fair = FairIntake(redis, MODEL, "w1")
+    await put(redis, "distill", 4, weight=2)
+    await put(redis, "curation", 4)
+    [first] = await fair.read(BATCH, 0, 1, only=frozenset({"curation"}))
+    assert tenant_of(first) == "curation"  # both level: a tie, the first of the two in the registry
+    assert await fair.read(BATCH, 0, 1, only=frozenset({"curation"})) == []  # distill is next
+    [second] = await fair.read(BATCH, 0, 1)
+    assert tenant_of(second) == "distill"
