@@ -4,9 +4,9 @@
 -- KEYS[3..]: each tenant's request stream.
 -- ARGV[1]: the consumer group, ARGV[2]: the worker (consumer), ARGV[3]: how many to take,
 -- ARGV[4]: n, the number of tenants (#KEYS - 2), then n tenant names, then n weights, then n flags
--- ("1": requests may be taken from it; "0": it is only counted, and the read stops when the
--- counters' next pick is it), then pairs (tenant index, cost) of
--- requests this worker already read (a blocking read) to charge.
+-- ("1": its requests may be taken; "0": it is only counted, and the read stops when the counters
+-- pick it next), then pairs (tenant index, cost) of requests this worker already read (a blocking
+-- read) to charge.
 -- Returns the counters of the n tenants (as strings), then one {tenant index, id, data, cost} per
 -- request taken.
 --
