@@ -23,7 +23,7 @@ from shared.messages import DATA_FIELD, ReplyEvent, ReplyKind
 from tests.deploy.stack_client import StreamedChat, stream_chat
 
 NUM_STREAMS = 3
-MAX_TOKENS = 64
+MAX_TOKENS = 512  # long enough that the first worker still streams when its grace period ends
 GRACE_PERIOD_S = 1.0
 # Fast failure detection, so the leftovers are reclaimed within seconds (the production defaults
 # are minutes-safe; the settings' validators keep these consistent).
