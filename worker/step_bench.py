@@ -36,13 +36,10 @@ class StepTiming:
         return self.step_ms / self.floor_ms
 
 
-def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def _timed_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
 
 
 def linear_weights(model: LlamaForCausalLM) -> list[torch.Tensor]:
@@ -55,22 +52,22 @@ def linear_weights(model: LlamaForCausalLM) -> list[torch.Tensor]:
     return weights + [model.lm_head.weight]
 
 
-@torch.inference_mode()
-def linear_floor_ms(model: LlamaForCausalLM, batch: int, reps: int = 20) -> float:
+def linear_floor(model: LlamaForCausalLM, batch: int) -> Callable[[], None]:
+    """One pass over the model's matmuls at ``batch`` rows, on random activations."""
     weights = linear_weights(model)
     inputs = [torch.randn(batch, w.shape[1], dtype=w.dtype, device=w.device) for w in weights]
 
+    @torch.inference_mode()
     def matmuls() -> None:
         for x, w in zip(inputs, weights, strict=True):
             linear(x, w)
 
-    matmuls()
-    return _median_ms(matmuls, reps)
+    return matmuls
 
 
-def decode_step_ms(model: LlamaForCausalLM, config: EngineConfig, batch: int, prompt_len: int = 64,
-                   reps: int = 20) -> float:
-    """Median step time with ``batch`` sequences all decoding (prefills done before timing)."""
+def decoding_engine(model: LlamaForCausalLM, config: EngineConfig, batch: int, reps: int,
+                    prompt_len: int = 64) -> Engine:
+    """An engine with ``batch`` sequences all decoding (prefills done), enough tokens left for ``reps``."""
     engine = Engine(model, config, ())
     vocab = model.config.vocab_size
     params = SamplingParams(max_tokens=reps + 8, temperature=0.0, ignore_eos=True)
@@ -82,14 +79,26 @@ def decode_step_ms(model: LlamaForCausalLM, config: EngineConfig, batch: int, pr
             engine.scheduler.waiting:
         engine.step()
     engine.step()
-    return _median_ms(engine.step, reps)
+    return engine
+
+
+def step_timing(model: LlamaForCausalLM, config: EngineConfig, batch: int, reps: int = 30) -> StepTiming:
+    """Medians of ``reps`` decode steps and ``reps`` floor passes, taken in turns: a machine whose
+    speed drifts (shared cores) moves both alike, so their ratio holds where each figure alone moves."""
+    engine = decoding_engine(model, config, batch, reps)
+    floor = linear_floor(model, batch)
+    floor()
+    steps, floors = [], []
+    for _ in range(reps):
+        steps.append(_timed_ms(engine.step))
+        floors.append(_timed_ms(floor))
+    return StepTiming(batch, statistics.median(steps), statistics.median(floors))
 
 
 def step_timings(model: LlamaForCausalLM, config: EngineConfig, batches: tuple[int, ...] = (1, 16, 64)
                  ) -> list[StepTiming]:
-    """Each batch's step (the engine moves the model to ``config``'s dtype first), then its floor."""
-    return [StepTiming(b, decode_step_ms(model, config, b), linear_floor_ms(model, b))
-            for b in batches if b <= config.max_num_seqs]
+    """Each batch's step and floor (the engine moves the model to ``config``'s dtype first)."""
+    return [step_timing(model, config, b) for b in batches if b <= config.max_num_seqs]
 
 
 def print_step_timings(timings: list[StepTiming]) -> None:

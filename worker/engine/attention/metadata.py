@@ -10,6 +10,7 @@ model reads the tokens' positions from here too.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -44,32 +45,29 @@ class AttentionMetadata:
             num_decode_seqs += 1
         if any(q == 1 for q in q_lens[num_decode_seqs:]):
             raise ValueError("sequences with one query token must come first")
+        # Host lists, then one tensor each: a handful of tiny torch ops cost more than the whole loop
+        # at decode batch sizes (0.34 ms against ~0.03 ms at batch 1).
         num_pages = [-(-kv // page_size) for kv in kv_lens]
         kv_indices: list[int] = []
-        for table, n in zip(page_tables, num_pages, strict=True):
+        positions: list[int] = []
+        slots: list[int] = []
+        for table, q_len, kv_len, n in zip(page_tables, q_lens, kv_lens, num_pages, strict=True):
             kv_indices.extend(table[:n])
-        q = torch.tensor(q_lens, dtype=torch.int32)
-        kv = torch.tensor(kv_lens, dtype=torch.int32)
-        pages = torch.tensor(num_pages, dtype=torch.int32)
-        qo_indptr = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
-        kv_indptr = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
-        torch.cumsum(q, 0, out=qo_indptr[1:])
-        torch.cumsum(pages, 0, out=kv_indptr[1:])
-        last_page_len = kv - (pages - 1) * page_size
-        # Slots of the new tokens: positions kv_len - q_len .. kv_len - 1 of each sequence.
-        seq_of_token = torch.repeat_interleave(torch.arange(len(q_lens)), q.long())
-        start_of_token = (kv - q).long() - qo_indptr[:-1].long()
-        pos = torch.arange(int(qo_indptr[-1])) + start_of_token[seq_of_token]
-        indices = torch.tensor(kv_indices, dtype=torch.int64)
-        page = indices[kv_indptr[:-1].long()[seq_of_token] + pos // page_size]
-        slot_mapping = page * page_size + pos % page_size
+            for pos in range(kv_len - q_len, kv_len):  # this step's tokens
+                positions.append(pos)
+                slots.append(table[pos // page_size] * page_size + pos % page_size)
+        last_page_len = [kv - (n - 1) * page_size for kv, n in zip(kv_lens, num_pages, strict=True)]
+
+        def tensor(values: list[int], dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
         return cls(
-            qo_indptr=qo_indptr.to(device, non_blocking=True),
-            kv_indptr=kv_indptr.to(device, non_blocking=True),
-            kv_indices=indices.to(torch.int32).to(device, non_blocking=True),
-            kv_last_page_len=last_page_len.to(device, non_blocking=True),
-            slot_mapping=slot_mapping.to(device, non_blocking=True),
-            positions=pos.to(device, non_blocking=True),
+            qo_indptr=tensor([0, *itertools.accumulate(q_lens)], torch.int32),
+            kv_indptr=tensor([0, *itertools.accumulate(num_pages)], torch.int32),
+            kv_indices=tensor(kv_indices, torch.int32),
+            kv_last_page_len=tensor(last_page_len, torch.int32),
+            slot_mapping=tensor(slots, torch.int64),
+            positions=tensor(positions, torch.int64),
             num_decode_seqs=num_decode_seqs,
             page_size=page_size,
             q_lens=tuple(q_lens),

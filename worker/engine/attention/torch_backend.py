@@ -15,6 +15,7 @@ instead, which reads each sequence's pages where they lie: no gather and no mask
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -44,24 +45,21 @@ class TorchAttentionBackend:
         self._prefills: list[_PrefillPlan] = []
 
     def plan(self, metadata: AttentionMetadata) -> None:
-        """Derive the gather indices and masks once per step; every layer reuses them."""
+        """Derive the gather indices and masks once per step; every layer reuses them. Built from host
+        lists (a device sync off the CPU, where this backend is FlashInfer's reference, not the fast path):
+        at decode batch sizes a few tiny torch ops cost more than the lists."""
         self._metadata = metadata
         device = metadata.kv_indices.device
         ps = metadata.page_size
-        num_pages = [-(-kv // ps) for kv in metadata.kv_lens]
-        kv_starts = [0]
-        for n in num_pages:
-            kv_starts.append(kv_starts[-1] + n)
-        indices = metadata.kv_indices.long()
+        indices = metadata.kv_indices.tolist()
+        kv_starts = list(itertools.accumulate((-(-kv // ps) for kv in metadata.kv_lens), initial=0))
         nd = metadata.num_decode_seqs
         self._decode_page_table = self._decode_mask = self._decode_kv_lens = None
         if nd:
-            max_pages = max(num_pages[:nd])
-            cols = torch.arange(max_pages, device=device)
-            starts = torch.tensor(kv_starts[:nd], device=device)
-            counts = torch.tensor(num_pages[:nd], device=device)
-            gather = (starts[:, None] + cols[None, :]).clamp(max=max(indices.numel() - 1, 0))
-            self._decode_page_table = torch.where(cols[None, :] < counts[:, None], indices[gather], 0)
+            tables = [indices[kv_starts[i]:kv_starts[i + 1]] for i in range(nd)]
+            max_pages = max(len(t) for t in tables)
+            table_rows = [t + [0] * (max_pages - len(t)) for t in tables]
+            self._decode_page_table = torch.tensor(table_rows, dtype=torch.int64, device=device)
             decode_lens = metadata.kv_lens[:nd]
             self._decode_max_kv = max(decode_lens)
             self._decode_kv_lens = torch.tensor(decode_lens, device=device)
@@ -76,7 +74,7 @@ class TorchAttentionBackend:
             if q_len != kv_len:
                 rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
                 mask = torch.arange(kv_len, device=device)[None, :] <= rows
-            page_ids = indices[kv_starts[i]:kv_starts[i + 1]]
+            page_ids = torch.tensor(indices[kv_starts[i]:kv_starts[i + 1]], dtype=torch.int64, device=device)
             self._prefills.append(_PrefillPlan(q_start, q_start + q_len, page_ids, kv_len, mask))
             q_start += q_len
 

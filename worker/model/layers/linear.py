@@ -1,7 +1,8 @@
-"""Column- and row-parallel linear layers.
+"""Column- and row-parallel linear layers: their parameters and how a checkpoint fills them.
 
-Every weight has its own ``weight_loader(param, full_tensor[, shard_id])`` that takes the FULL
-checkpoint tensor and copies in this rank's shard, so a loader never needs to know the sharding.
+``worker.model.llama.decoder_layer`` multiplies by them (``worker.kernels.linear``). Every weight has
+its own ``weight_loader(param, full_tensor[, shard_id])`` that takes the FULL checkpoint tensor and
+copies in this rank's shard, so a loader never needs to know the sharding.
 Column-parallel layers split output features (no communication); row-parallel layers split input
 features and all-reduce their output; that all-reduce is the only collective in a linear layer.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from worker.kernels.linear import linear
 from worker.model.parallel import SINGLE, ParallelContext
 
 
@@ -47,9 +47,6 @@ class ColumnParallelLinear(nn.Module):
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         n = param.shape[0]
         _copy_checked(param, loaded.narrow(0, self.parallel.rank * n, n))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)  # [num_tokens, out_features_per_rank]
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -101,25 +98,16 @@ class QKVParallelLinear(MergedColumnParallelLinear):
 
 
 class RowParallelLinear(nn.Module):
-    """y = x W^T + b with W split by input columns; partial sums are all-reduced, the bias added once."""
+    """y = x W^T with W split by input columns; the partial sums are all-reduced (no bias: no Llama-family
+    model has one here)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False,
-                 parallel: ParallelContext = SINGLE) -> None:
+    def __init__(self, in_features: int, out_features: int, parallel: ParallelContext = SINGLE) -> None:
         super().__init__()
         self.parallel = parallel
         self.in_features_per_rank = parallel.shard_size(in_features, "input features")
         self.weight = nn.Parameter(torch.empty(out_features, self.in_features_per_rank), requires_grad=False)
         self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]
-        if bias:
-            self.bias: nn.Parameter | None = nn.Parameter(torch.empty(out_features), requires_grad=False)
-            self.bias.weight_loader = default_weight_loader  # type: ignore[attr-defined]
-        else:
-            self.bias = None
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         n = self.in_features_per_rank
         _copy_checked(param, loaded.narrow(1, self.parallel.rank * n, n))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.parallel.all_reduce(linear(x, self.weight))  # [num_tokens, out_features]
-        return y if self.bias is None else y + self.bias

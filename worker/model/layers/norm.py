@@ -23,22 +23,29 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (normed, new_residual) where new_residual = x + residual."""
-        ops = cpu_ops_for(x)
-        if ops is not None and x.dim() == 2 and self.weight.dtype == x.dtype:
-            out = torch.empty_like(x)
-            if residual is None:
-                ops.rms_norm(x, self.weight, self.eps, out)
-                return out, x
-            total = torch.empty_like(x)
-            ops.add_rms_norm(x, residual, self.weight, self.eps, out, total)
-            return out, total
-        return self.forward_torch(x, residual)
+        return rms_norm(x, residual, self.weight, self.eps)
 
-    def forward_torch(self, x: torch.Tensor, residual: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is not None:
-            x = x + residual
-        residual = x
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype), residual
+
+def rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normed, x + residual); ``residual`` None is the first layer's norm, with nothing to add."""
+    ops = cpu_ops_for(x)
+    if ops is not None and x.dim() == 2 and weight.dtype == x.dtype:
+        out = torch.empty_like(x)
+        if residual is None:
+            ops.rms_norm(x, weight, eps, out)
+            return out, x
+        total = torch.empty_like(x)
+        ops.add_rms_norm(x, residual, weight, eps, out, total)
+        return out, total
+    return rms_norm_torch(x, residual, weight, eps)
+
+
+def rms_norm_torch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    if residual is not None:
+        x = x + residual
+    residual = x
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype), residual
