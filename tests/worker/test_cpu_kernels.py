@@ -62,6 +62,23 @@ def test_rotary_rotates_strided_views_of_qkv_in_place(dtype: torch.dtype) -> Non
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_write_kv_fills_the_slots_index_copy_fills(dtype: torch.dtype) -> None:
+    tokens, kv_heads, dim, pages, page_size = 5, 2, 16, 6, 4
+    qkv = torch.randn(tokens, (4 + 2 * kv_heads) * dim).to(dtype)  # k, v: strided views, as in a layer
+    _, k, v = qkv.split([4 * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+    k, v = k.view(tokens, kv_heads, dim), v.view(tokens, kv_heads, dim)
+    slots = torch.tensor([23, 0, 9, 10, 4])
+    k_cache, v_cache = (torch.randn(pages, page_size, kv_heads, dim).to(dtype) for _ in range(2))
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    want_k.view(-1, kv_heads, dim).index_copy_(0, slots, k)
+    want_v.view(-1, kv_heads, dim).index_copy_(0, slots, v)
+    ops.write_kv(k, v, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        ops.write_kv(k, v, k_cache, v_cache, torch.tensor([0, 1, 2, 3, pages * page_size]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_paged_decode_reads_pages_in_place_like_the_gathered_sdpa(dtype: torch.dtype) -> None:
     md, (q, k, v, k_cache, v_cache), (qs, full_k, full_v) = make_case(torch.device("cpu"), dtype)
     backend = TorchAttentionBackend()

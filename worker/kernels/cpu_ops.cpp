@@ -397,6 +397,40 @@ bool decode_bf16_unrolled(const at::Tensor& q, const at::Tensor& k_cache, const 
 }
 #endif
 
+// This step's keys and values into their cache slots (slot = page * page_size + offset), both caches in
+// one call: two index_copy_ a layer, with their views, cost more than the copies at decode batch sizes.
+void write_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
+              const at::Tensor& slots) {
+  TORCH_CHECK(k.dim() == 3 && v.sizes() == k.sizes() && k_cache.dim() == 4 &&
+                  v_cache.sizes() == k_cache.sizes() && k.size(1) == k_cache.size(2) &&
+                  k.size(2) == k_cache.size(3) && k.stride(2) == 1 && v.stride(2) == 1 &&
+                  k_cache.is_contiguous() && v_cache.is_contiguous(),
+              "write_kv: k, v [tokens, kv_heads, dim] (rows contiguous), "
+              "caches [pages, page_size, kv_heads, dim]");
+  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == k_cache.scalar_type() &&
+                  v_cache.scalar_type() == k_cache.scalar_type() && k.device().is_cpu() &&
+                  v.device().is_cpu() && k_cache.device().is_cpu() && v_cache.device().is_cpu(),
+              "write_kv: k, v and the caches share a dtype, on the CPU");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous() && slots.numel() == k.size(0),
+              "write_kv: slots [tokens], contiguous int64");
+  const int64_t heads = k.size(1), row = k.size(2) * k.element_size();
+  const int64_t num_slots = k_cache.size(0) * k_cache.size(1);
+  const auto* slot = slots.data_ptr<int64_t>();
+  auto* kc = static_cast<char*>(k_cache.data_ptr());
+  auto* vc = static_cast<char*>(v_cache.data_ptr());
+  const auto* kp = static_cast<const char*>(k.data_ptr());
+  const auto* vp = static_cast<const char*>(v.data_ptr());
+  const int64_t es = k.element_size();
+  for (int64_t t = 0; t < k.size(0); ++t) {
+    TORCH_CHECK(slot[t] >= 0 && slot[t] < num_slots, "write_kv: slot ", slot[t], " outside the cache");
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t dst = (slot[t] * heads + h) * row;
+      std::memcpy(kc + dst, kp + (t * k.stride(0) + h * k.stride(1)) * es, row);
+      std::memcpy(vc + dst, vp + (t * v.stride(0) + h * v.stride(1)) * es, row);
+    }
+  }
+}
+
 void paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& page_table, const at::Tensor& kv_lens, double scale,
                             at::Tensor& out) {
@@ -637,6 +671,7 @@ TORCH_LIBRARY(busstop_cpu, m) {
   m.def("silu_and_mul(Tensor x, Tensor(a!) out) -> ()", &silu_and_mul);
   m.def("paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor page_table, "
         "Tensor kv_lens, float scale, Tensor(a!) out) -> ()", &paged_decode_attention);
+  m.def("write_kv(Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots) -> ()", &write_kv);
   m.def("argmax(Tensor x, Tensor(a!) out) -> ()", &argmax);
   m.def("has_bf16_panels() -> bool", &has_bf16_panels);
   m.def("bf16_panel_linear(Tensor x, Tensor packed, Tensor? bias, Tensor(a!) out) -> ()", &bf16_panel_linear);

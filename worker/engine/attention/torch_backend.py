@@ -86,12 +86,15 @@ class TorchAttentionBackend:
         md = self._metadata
         if md is None:
             raise RuntimeError("plan() must run before forward()")
-        num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, md.slot_mapping, k)
-        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, md.slot_mapping, v)
+        ops = cpu_ops_for(q)
+        if ops is not None:
+            ops.write_kv(k, v, k_cache, v_cache, md.slot_mapping)
+        else:
+            num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+            k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, md.slot_mapping, k)
+            v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, md.slot_mapping, v)
         out = torch.empty_like(q)
         nd = md.num_decode_seqs
-        ops = cpu_ops_for(q)
         table, kv_lens = self._decode_page_table, self._decode_kv_lens
         if table is not None and kv_lens is not None and ops is not None:
             # reads the pages where they lie: no gather, no mask
